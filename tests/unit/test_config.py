@@ -1,0 +1,52 @@
+"""Settings from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.comfy_url == "http://127.0.0.1:8188"
+    assert s.volume_root == Path("/runpod-volume")
+    assert (s.max_input_image_mb, s.inline_output_max_mb, s.download_connections) == (20.0, 15.0, 8)
+    assert not s.bucket_configured and not s.allow_private_urls and not s.progress_updates
+    assert "huggingface.co" in s.allowed_model_hosts and "civitai.com" in s.allowed_model_hosts
+
+
+def test_server_address_is_an_alias_of_comfy_host() -> None:
+    assert Settings.from_env({"SERVER_ADDRESS": "10.0.0.2"}).comfy_url == "http://10.0.0.2:8188"
+    both = Settings.from_env({"SERVER_ADDRESS": "10.0.0.2", "COMFY_HOST": "comfy", "COMFY_PORT": "9000"})
+    assert both.comfy_url == "http://comfy:9000"
+    assert Settings.from_env({"COMFY_HOST": "http://h:1234"}).comfy_url == "http://h:1234"
+
+
+def test_progress_updates_on_when_running_on_runpod() -> None:
+    assert Settings.from_env({"RUNPOD_WEBHOOK_POST_OUTPUT": "https://api/x"}).progress_updates
+    assert not Settings.from_env(
+        {"RUNPOD_WEBHOOK_POST_OUTPUT": "x", "PROGRESS_UPDATES": "false"}
+    ).progress_updates
+
+
+def test_lists_and_secrets() -> None:
+    s = Settings.from_env({"ALLOWED_MODEL_HOSTS": " Example.com, cdn.example.com ,", "HF_TOKEN": "hf_secret"})
+    assert s.allowed_model_hosts == ("example.com", "cdn.example.com")
+    assert "hf_secret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"COMFY_PORT": "http"}, "COMFY_PORT must be a whole number"),
+        ({"ALLOW_PRIVATE_URLS": "perhaps"}, "true or false"),
+        ({"MAX_INPUT_IMAGE_MB": "-1"}, "at least"),
+        ({"JOB_TIMEOUT_S": "soon"}, "must be a number"),
+    ],
+)
+def test_bad_values_say_which_variable(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_env(env)
