@@ -1,0 +1,360 @@
+"""The job contract (v1): what a job may ask for, its defaults, bounds and rounding rules.
+
+Pure data validation: this module imports nothing else of the worker. A validated :class:`JobInput` has every
+value concrete (defaults that depend on ``lightning`` filled in, the seed drawn, sizes rounded) and lists what
+was adjusted, so that the result can say what was used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+    "杂乱的背景，三条腿，背景人很多，倒着走"
+)
+"""Wan's usual negative prompt, as its authors publish it."""
+
+MIN_SIDE, MAX_SIDE = 128, 1920
+MIN_LENGTH, MAX_LENGTH = 5, 801
+CONTEXT_WINDOW = 81
+"""Frames in one context window: longer videos are sampled in overlapping windows of this length."""
+MAX_LORA_PAIRS = 4
+MAX_SEED = 2**64 - 1
+RANDOM_SEED_LIMIT = 2**53
+"""Drawn seeds stay below 2**53 so that JavaScript clients read them exactly."""
+MAX_PROMPT_CHARS = 20_000
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+SAFE_EXTENSIONS = (".safetensors", ".sft")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\- ()\[\]]{0,199}$")
+
+LIGHTNING_STEPS, LIGHTNING_CFG = 4, 1.0
+PLAIN_STEPS, PLAIN_CFG = 20, 3.5
+
+OutputMode = Literal["auto", "base64", "url"]
+
+
+def round_to_multiple(value: int, multiple: int) -> int:
+    """Nearest multiple of ``multiple`` (halves round up)."""
+    return math.floor(value / multiple + 0.5) * multiple
+
+
+def round_to_4n1(value: int) -> int:
+    """Nearest value of the form 4n+1 (halves round up), the frame counts Wan's VAE can encode."""
+    return 4 * math.floor((value - 1) / 4 + 0.5) + 1
+
+
+def check_model_name(value: str | None, info: ValidationInfo) -> str | None:
+    """A model file name: one path component from a fixed character set with a model extension.
+
+    ``.safetensors`` only, unless the validation context says ``allow_pickle_models``.
+    """
+    if value is None:
+        return None
+    if "/" in value or "\\" in value or "\x00" in value:
+        raise ValueError("must be a file name, without folders or path separators")
+    if ".." in value:
+        raise ValueError("must not contain '..'")
+    if not _MODEL_NAME.match(value):
+        raise ValueError(
+            "must start with a letter or digit and use only letters, digits, spaces and . _ - + ( ) [ ]"
+            " (at most 200 characters)"
+        )
+    allow_pickle = bool((info.context or {}).get("allow_pickle_models", False))
+    allowed = MODEL_EXTENSIONS if allow_pickle else SAFE_EXTENSIONS
+    if not value.lower().endswith(allowed):
+        hint = "" if allow_pickle else " (pickle formats need ALLOW_PICKLE_MODELS=true on the worker)"
+        raise ValueError(f"must end in {' or '.join(allowed)}{hint}")
+    return value
+
+
+def check_url_shape(value: str | None) -> str | None:
+    """A URL field: an absolute http(s) URL of sane length. Reachability and policy are checked later."""
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > 4096:
+        raise ValueError("must be at most 4096 characters")
+    if not re.match(r"^https?://[^\s/]", value, flags=re.IGNORECASE):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+ModelName = Annotated[str | None, Field(default=None, min_length=1, max_length=200)]
+Url = Annotated[str | None, Field(default=None)]
+
+
+class Adjustment(BaseModel):
+    """A value the worker changed to one the model can use."""
+
+    field: str
+    requested: Any
+    used: Any
+    reason: str
+
+
+class LoraPair(BaseModel):
+    """One LoRA for each expert: ``high`` on the high-noise expert, ``low`` on the low-noise expert."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    high: ModelName = None
+    low: ModelName = None
+    high_weight: float = Field(default=1.0, ge=-5.0, le=5.0, allow_inf_nan=False)
+    low_weight: float = Field(default=1.0, ge=-5.0, le=5.0, allow_inf_nan=False)
+    high_url: Url = None
+    low_url: Url = None
+
+    _names = field_validator("high", "low")(check_model_name)
+    _urls = field_validator("high_url", "low_url")(check_url_shape)
+
+    @model_validator(mode="after")
+    def _one_side_at_least(self) -> LoraPair:
+        if not (self.high or self.high_url or self.low or self.low_url):
+            raise ValueError("a LoRA pair needs at least one of high, high_url, low, low_url")
+        return self
+
+
+class JobInput(BaseModel):
+    """The ``input`` of a job. See the README's API reference for every field."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, validate_default=False)
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default=WAN_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS)
+
+    image_url: Url = None
+    image_base64: str | None = None
+    image_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    end_image_url: Url = None
+    end_image_base64: str | None = None
+    end_image_path: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    width: int = Field(default=480, ge=1, le=100_000)
+    height: int = Field(default=832, ge=1, le=100_000)
+    length: int = Field(default=81, ge=1, le=100_000)
+    fps: float = Field(default=16.0, ge=1.0, le=60.0, allow_inf_nan=False)
+    steps: int | None = Field(default=None, ge=2, le=100)
+    high_noise_steps: int | None = Field(default=None, ge=1, le=99)
+    cfg: float | None = Field(default=None, ge=0.0, le=30.0, allow_inf_nan=False)
+    shift: float = Field(default=5.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=-1, le=MAX_SEED)
+    context_overlap: int = Field(default=48, ge=0, le=CONTEXT_WINDOW - 1)
+    lightning: bool = True
+    lora_pairs: list[LoraPair] = Field(default_factory=list, max_length=MAX_LORA_PAIRS)
+
+    high_model: ModelName = None
+    high_model_url: Url = None
+    low_model: ModelName = None
+    low_model_url: Url = None
+    text_encoder: ModelName = None
+    text_encoder_url: Url = None
+    vae: ModelName = None
+    vae_url: Url = None
+    clip_vision: ModelName = None
+    clip_vision_url: Url = None
+
+    output: OutputMode = "auto"
+
+    adjustments: list[Adjustment] = Field(default_factory=list, exclude=True)
+
+    _names = field_validator("high_model", "low_model", "text_encoder", "vae", "clip_vision")(
+        check_model_name
+    )
+    _urls = field_validator(
+        "image_url",
+        "end_image_url",
+        "high_model_url",
+        "low_model_url",
+        "text_encoder_url",
+        "vae_url",
+        "clip_vision_url",
+    )(check_url_shape)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("image_path", "end_image_path")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL bytes")
+        return value
+
+    @field_validator("image_base64", "end_image_base64")
+    @classmethod
+    def _base64_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _must_be_object(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("input: the job input must be a JSON object")
+        if "adjustments" in data:
+            raise ValueError("adjustments: reported by the worker, not accepted as input")
+        return data
+
+    @model_validator(mode="after")
+    def _resolve(self) -> JobInput:
+        self._check_image_sources()
+        self._round_sizes()
+        if self.steps is None:
+            self.steps = LIGHTNING_STEPS if self.lightning else PLAIN_STEPS
+        if self.cfg is None:
+            self.cfg = LIGHTNING_CFG if self.lightning else PLAIN_CFG
+        if self.high_noise_steps is None:
+            self.high_noise_steps = max(1, self.steps // 2)
+        elif self.high_noise_steps >= self.steps:
+            raise ValueError(
+                f"high_noise_steps: must be less than steps ({self.steps}), got {self.high_noise_steps}"
+            )
+        if self.seed is None or self.seed == -1:
+            self.seed = secrets.randbelow(RANDOM_SEED_LIMIT)
+        return self
+
+    def _check_image_sources(self) -> None:
+        starts = [n for n in ("image_url", "image_base64", "image_path") if getattr(self, n) is not None]
+        if len(starts) != 1:
+            given = f"got {', '.join(starts)}" if starts else "got none"
+            raise ValueError(
+                f"image_url: exactly one of image_url, image_base64, image_path is required ({given})"
+            )
+        ends = [n for n in ("end_image_url", "end_image_base64", "end_image_path") if getattr(self, n)]
+        if len(ends) > 1:
+            raise ValueError(
+                f"end_image_url: at most one of end_image_url, end_image_base64, end_image_path may be given (got {', '.join(ends)})"
+            )
+
+    def _round_sizes(self) -> None:
+        for name, lo, hi in (("width", MIN_SIDE, MAX_SIDE), ("height", MIN_SIDE, MAX_SIDE)):
+            requested = getattr(self, name)
+            used = round_to_multiple(requested, 16)
+            if not lo <= used <= hi:
+                raise ValueError(f"{name}: must be between {lo} and {hi} pixels, got {requested}")
+            if used != requested:
+                setattr(self, name, used)
+                self.adjustments.append(
+                    Adjustment(
+                        field=name, requested=requested, used=used, reason="rounded to a multiple of 16"
+                    )
+                )
+        requested = self.length
+        used = round_to_4n1(requested)
+        if not MIN_LENGTH <= used <= MAX_LENGTH:
+            raise ValueError(f"length: must be between {MIN_LENGTH} and {MAX_LENGTH} frames, got {requested}")
+        if used != requested:
+            self.length = used
+            self.adjustments.append(
+                Adjustment(
+                    field="length", requested=requested, used=used, reason="rounded to the nearest 4n+1"
+                )
+            )
+
+    @property
+    def mode(self) -> Literal["i2v", "flf2v"]:
+        """``flf2v`` when an end image is given, else ``i2v``."""
+        has_end = self.end_image_url or self.end_image_base64 or self.end_image_path
+        return "flf2v" if has_end else "i2v"
+
+    @property
+    def uses_context_windows(self) -> bool:
+        return self.length > CONTEXT_WINDOW
+
+
+class JobResult(BaseModel):
+    """What a successful job returns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video: str | None = Field(default=None, description="the MP4, base64-encoded (output=base64)")
+    video_url: str | None = Field(default=None, description="where the MP4 was uploaded (output=url)")
+    mime_type: str = "video/mp4"
+    mode: Literal["i2v", "flf2v"]
+    seed: int
+    width: int
+    height: int
+    length: int
+    fps: float
+    steps: int
+    high_noise_steps: int
+    cfg: float
+    lightning: bool
+    adjustments: list[Adjustment]
+    timings: dict[str, float] = Field(description="seconds per stage")
+    size_bytes: int
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(n for n in JobInput.model_fields if n != "adjustments")
+LORA_FIELD_NAMES: tuple[str, ...] = tuple(LoraPair.model_fields)
+
+
+_FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)?): ")
+
+
+def _loc_to_field(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """One ``{"field", "message"}`` per problem, worded for the person who sent the job."""
+    problems: list[dict[str, str]] = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = tuple(err.get("loc", ()))
+        field = _loc_to_field(loc)
+        kind = err.get("type", "")
+        message = str(err.get("msg", "is invalid"))
+        if kind == "extra_forbidden":
+            parent = "lora_pairs[]" if len(loc) > 1 and loc[0] == "lora_pairs" else ""
+            allowed = LORA_FIELD_NAMES if parent else FIELD_NAMES
+            name = str(loc[-1]) if loc else field
+            message = f"unknown field {name!r}; allowed fields are: {', '.join(allowed)}"
+        elif kind == "missing":
+            message = "is required"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+            named = _FIELD_PREFIX.match(message)
+            if named and not field:
+                field, message = named.group(1), message[named.end() :]
+        problems.append({"field": field or "input", "message": message})
+    return problems
+
+
+def parse_job_input(data: Any, *, allow_pickle_models: bool = False) -> JobInput:
+    """Validate a job's ``input``; raises :class:`pydantic.ValidationError` (see :func:`describe_errors`)."""
+    return JobInput.model_validate(data, context={"allow_pickle_models": allow_pickle_models})
+
+
+def input_json_schema() -> dict[str, Any]:
+    """The JSON schema of a job's ``input`` (``python -m worker schema``)."""
+    schema = JobInput.model_json_schema(mode="validation")
+    schema.get("properties", {}).pop("adjustments", None)
+    schema["title"] = "wan-worker job input (v1)"
+    return schema
