@@ -1,0 +1,217 @@
+"""Load a workflow template and bind a validated job into it: pure functions over plain dicts.
+
+The templates in ``workflows/`` are ComfyUI API-format graphs with meaningful node ids; ``workflows/README.md``
+tables which job field lands in which node and input. The binder copies the template, fills the inputs, drops
+the Lightning LoRA nodes when ``lightning`` is off, chains the user's LoRA pairs on each expert, inserts
+context windows for videos longer than one window, and adds CLIP vision nodes when a CLIP vision model is
+named. Node ids of the shared nodes never depend on the job, so that ComfyUI's cache keeps the loaded experts
+between jobs, whichever mode they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .schema import CONTEXT_WINDOW, JobInput
+
+Graph = dict[str, dict[str, Any]]
+
+TEMPLATES = {"i2v": "wan22_i2v.json", "flf2v": "wan22_flf2v.json"}
+CONDITIONING_CLASS = {"i2v": "WanImageToVideo", "flf2v": "WanFirstLastFrameToVideo"}
+
+REQUIRED_NODES: dict[str, str] = {
+    "high_model": "UNETLoader",
+    "low_model": "UNETLoader",
+    "lightning_high": "LoraLoaderModelOnly",
+    "lightning_low": "LoraLoaderModelOnly",
+    "shift_high": "ModelSamplingSD3",
+    "shift_low": "ModelSamplingSD3",
+    "text_encoder": "CLIPLoader",
+    "vae": "VAELoader",
+    "positive": "CLIPTextEncode",
+    "negative": "CLIPTextEncode",
+    "start_image": "LoadImage",
+    "sampler_high": "KSamplerAdvanced",
+    "sampler_low": "KSamplerAdvanced",
+    "decode": "VAEDecode",
+    "video": "CreateVideo",
+    "save_video": "SaveVideo",
+}
+OUTPUT_NODE = "save_video"
+EXPERTS = ("high", "low")
+
+
+class TemplateError(ValueError):
+    """A workflow template lacks a node the binder needs, or has it with another class."""
+
+
+@dataclass(frozen=True)
+class LoraFiles:
+    """The file names of one LoRA pair as ComfyUI knows them (None: no LoRA on that expert)."""
+
+    high: str | None
+    low: str | None
+    high_weight: float = 1.0
+    low_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The model file names the graph loads, defaults already applied and downloads already done."""
+
+    high_model: str
+    low_model: str
+    text_encoder: str
+    vae: str
+    lightning_high: str
+    lightning_low: str
+    clip_vision: str | None = None
+    loras: tuple[LoraFiles, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Images:
+    """The names under which the input images were uploaded to ComfyUI."""
+
+    start: str
+    end: str | None = None
+
+
+def load_template(workflows_dir: Path, mode: str) -> Graph:
+    """Read and check the template for ``mode`` (``i2v`` or ``flf2v``)."""
+    path = workflows_dir / TEMPLATES[mode]
+    with open(path, encoding="utf-8") as handle:
+        graph: Graph = json.load(handle)
+    check_template(graph, mode)
+    return graph
+
+
+def check_template(graph: Mapping[str, Mapping[str, Any]], mode: str) -> None:
+    expected = dict(REQUIRED_NODES, conditioning=CONDITIONING_CLASS[mode])
+    if mode == "flf2v":
+        expected["end_image"] = "LoadImage"
+    for node_id, class_type in expected.items():
+        node = graph.get(node_id)
+        if node is None:
+            raise TemplateError(f"the {mode} template has no node {node_id!r}")
+        if node.get("class_type") != class_type:
+            raise TemplateError(
+                f"node {node_id!r} of the {mode} template is {node.get('class_type')!r}, expected {class_type!r}"
+            )
+
+
+def step_offsets(job: JobInput) -> dict[str, int]:
+    """Where each sampler's own steps start in the job's step count (for progress)."""
+    return {"sampler_high": 0, "sampler_low": int(job.high_noise_steps or 0)}
+
+
+def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, filename_prefix: str) -> Graph:
+    """A new graph for ``job``: the template is not modified."""
+    graph = copy.deepcopy(template)
+    mode = job.mode
+    check_template(graph, mode)
+
+    _set(graph, "high_model", unet_name=files.high_model)
+    _set(graph, "low_model", unet_name=files.low_model)
+    _set(graph, "text_encoder", clip_name=files.text_encoder)
+    _set(graph, "vae", vae_name=files.vae)
+    _set(graph, "positive", text=job.prompt)
+    _set(graph, "negative", text=job.negative_prompt)
+    _set(graph, "start_image", image=images.start)
+    if mode == "flf2v":
+        if images.end is None:
+            raise ValueError("an FLF2V job needs an uploaded end image")
+        _set(graph, "end_image", image=images.end)
+    _set(graph, "conditioning", width=job.width, height=job.height, length=job.length)
+
+    for expert in EXPERTS:
+        tail = _model_chain(graph, job, files, expert)
+        tail = _context_windows(graph, job, expert, tail)
+        graph[f"sampler_{expert}"]["inputs"]["model"] = [tail, 0]
+
+    steps, split = int(job.steps or 0), int(job.high_noise_steps or 0)
+    seed, cfg = int(job.seed or 0), float(job.cfg or 0.0)
+    _set(graph, "sampler_high", noise_seed=seed, steps=steps, cfg=cfg, start_at_step=0, end_at_step=split)
+    _set(graph, "sampler_low", noise_seed=seed, steps=steps, cfg=cfg, start_at_step=split, end_at_step=10000)
+    _set(graph, "video", fps=float(job.fps))
+    _set(graph, "save_video", filename_prefix=filename_prefix)
+
+    if files.clip_vision:
+        _clip_vision(graph, files.clip_vision, mode)
+    return graph
+
+
+def _set(graph: Graph, node_id: str, **inputs: Any) -> None:
+    graph[node_id]["inputs"].update(inputs)
+
+
+def _model_chain(graph: Graph, job: JobInput, files: ModelFiles, expert: str) -> str:
+    """Expert -> Lightning LoRA (optional) -> user LoRAs -> shift; returns the id of the shift node."""
+    tail = f"{expert}_model"
+    lightning = f"lightning_{expert}"
+    if job.lightning:
+        graph[lightning]["inputs"].update(
+            model=[tail, 0], lora_name=getattr(files, lightning), strength_model=1.0
+        )
+        tail = lightning
+    else:
+        del graph[lightning]
+    for index, pair in enumerate(files.loras, start=1):
+        name = pair.high if expert == "high" else pair.low
+        if not name:
+            continue
+        weight = pair.high_weight if expert == "high" else pair.low_weight
+        node_id = f"lora_{expert}_{index}"
+        graph[node_id] = {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": [tail, 0], "lora_name": name, "strength_model": float(weight)},
+            "_meta": {"title": f"LoRA {index} ({expert})"},
+        }
+        tail = node_id
+    shift = f"shift_{expert}"
+    graph[shift]["inputs"].update(model=[tail, 0], shift=float(job.shift))
+    return shift
+
+
+def _context_windows(graph: Graph, job: JobInput, expert: str, tail: str) -> str:
+    if not job.uses_context_windows:
+        return tail
+    node_id = f"context_{expert}"
+    graph[node_id] = {
+        "class_type": "WanContextWindowsManual",
+        "inputs": {
+            "model": [tail, 0],
+            "context_length": CONTEXT_WINDOW,
+            "context_overlap": int(job.context_overlap),
+            "context_schedule": "standard_static",
+            "context_stride": 1,
+            "closed_loop": False,
+            "fuse_method": "pyramid",
+        },
+        "_meta": {"title": f"Context windows ({expert})"},
+    }
+    return node_id
+
+
+def _clip_vision(graph: Graph, name: str, mode: str) -> None:
+    graph["clip_vision"] = {
+        "class_type": "CLIPVisionLoader",
+        "inputs": {"clip_name": name},
+        "_meta": {"title": "CLIP vision"},
+    }
+    roles = [("start", "clip_vision_output" if mode == "i2v" else "clip_vision_start_image")]
+    if mode == "flf2v":
+        roles.append(("end", "clip_vision_end_image"))
+    for role, input_name in roles:
+        node_id = f"clip_vision_{role}"
+        graph[node_id] = {
+            "class_type": "CLIPVisionEncode",
+            "inputs": {"clip_vision": ["clip_vision", 0], "image": [f"{role}_image", 0], "crop": "none"},
+            "_meta": {"title": f"CLIP vision ({role} image)"},
+        }
+        graph["conditioning"]["inputs"][input_name] = [node_id, 0]
