@@ -1,0 +1,464 @@
+"""A client for ComfyUI's HTTP and WebSocket protocol: one method per protocol step.
+
+It knows nothing of Wan, models or volumes; every network call has a timeout. The calls are blocking: the
+async handler runs them in threads, and cancels a watch by closing its socket (:meth:`Watch.abort`).
+
+The protocol facts (recorded from ComfyUI v0.3.64): a prompt is queued with ``POST /prompt`` (400 with
+``node_errors`` when the graph is refused); the WebSocket ``/ws?clientId=`` carries ``execution_start``,
+``execution_cached``, ``executing``, ``progress``, ``executed`` and ends a prompt with ``execution_success``,
+``execution_error`` or ``execution_interrupted`` and then ``executing`` with ``node: null``; ``/history/<id>``
+holds the outputs either way; files leave through ``GET /view``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+import websocket
+
+from .errors import (
+    ComfyExecutionError,
+    ComfyUnavailable,
+    ComfyValidationError,
+    JobCancelled,
+    JobTimeout,
+    NoOutput,
+)
+
+log = logging.getLogger("worker.comfy")
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called with (node id, value, max) for every ``progress`` message of the watched prompt."""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file a node wrote, as ``/history`` names it."""
+
+    node_id: str
+    filename: str
+    subfolder: str
+    type: str
+    animated: bool = False
+
+
+@dataclass
+class Outcome:
+    """How a watched prompt ended, and what it wrote."""
+
+    prompt_id: str
+    outputs: list[OutputFile] = field(default_factory=list)
+    cached_nodes: list[str] = field(default_factory=list)
+    reconnected: bool = False
+
+
+class ComfyClient:
+    """Talks to one ComfyUI server at ``base_url`` (``http://host:port``)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.session = session or requests.Session()
+        self.session.trust_env = False
+        parts = urlsplit(self.base_url)
+        ws_scheme = "wss" if parts.scheme == "https" else "ws"
+        self.ws_base = f"{ws_scheme}://{parts.netloc}{parts.path}"
+
+    # ------------------------------------------------------------------------------------------ HTTP
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout_s)
+        try:
+            return self.session.request(method, f"{self.base_url}{path}", **kwargs)
+        except requests.RequestException as exc:
+            raise ComfyUnavailable(
+                f"ComfyUI at {self.base_url} did not answer {method} {path.split('?')[0]} "
+                f"({exc.__class__.__name__})"
+            ) from exc
+
+    def is_ready(self) -> bool:
+        try:
+            response = self.session.get(f"{self.base_url}/system_stats", timeout=min(self.timeout_s, 5.0))
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def wait_ready(self, timeout_s: float, *, cancel: threading.Event | None = None) -> float:
+        """Wait until ComfyUI answers; returns the seconds waited. Polls with a short, growing interval."""
+        started = time.monotonic()
+        delay = 0.02
+        while True:
+            if self.is_ready():
+                return time.monotonic() - started
+            waited = time.monotonic() - started
+            if waited >= timeout_s:
+                raise ComfyUnavailable(
+                    f"ComfyUI at {self.base_url} did not become ready within {timeout_s:.0f} s "
+                    "(COMFY_START_TIMEOUT_S)"
+                )
+            if cancel is not None and cancel.wait(min(delay, timeout_s - waited)):
+                raise JobCancelled("the job was cancelled while waiting for ComfyUI")
+            if cancel is None:
+                time.sleep(min(delay, timeout_s - waited))
+            delay = min(delay * 2, 0.25)
+
+    def list_models(self, folder: str) -> list[str] | None:
+        """The files ComfyUI sees in a model folder (``GET /models/<folder>``); None if it cannot say."""
+        response = self._request("GET", f"/models/{quote(folder)}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to GET /models/{folder}")
+        names = response.json()
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    def upload_image(self, data: bytes, name: str, *, mime: str = "image/png", subfolder: str = "") -> str:
+        """Upload an input image; returns the name a LoadImage node must use."""
+        files = {"image": (name, data, mime)}
+        form = {"overwrite": "true", "type": "input", "subfolder": subfolder}
+        response = self._request("POST", "/upload/image", files=files, data=form)
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI refused the image upload (HTTP {response.status_code})")
+        body = response.json()
+        stored = str(body.get("name", name))
+        folder = str(body.get("subfolder") or "")
+        return f"{folder}/{stored}" if folder else stored
+
+    def queue_prompt(self, graph: dict[str, Any], *, client_id: str, prompt_id: str | None = None) -> str:
+        """Queue a graph; a refused graph raises :class:`ComfyValidationError` with ComfyUI's node errors."""
+        payload: dict[str, Any] = {"prompt": graph, "client_id": client_id}
+        if prompt_id:
+            payload["prompt_id"] = prompt_id
+        response = self._request("POST", "/prompt", json=payload)
+        if response.status_code == 400:
+            raise validation_error(_json_or_empty(response))
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to POST /prompt")
+        body = _json_or_empty(response)
+        if body.get("node_errors"):
+            raise validation_error(body)
+        queued = body.get("prompt_id")
+        if not isinstance(queued, str) or not queued:
+            raise ComfyUnavailable("ComfyUI accepted the prompt without a prompt_id")
+        return queued
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The history entry of a prompt, or None while it has none."""
+        response = self._request("GET", f"/history/{quote(prompt_id)}")
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to GET /history")
+        body = _json_or_empty(response)
+        entry = body.get(prompt_id)
+        return entry if isinstance(entry, dict) else None
+
+    def fetch_output(self, output: OutputFile) -> bytes:
+        """Read one output file through ``GET /view`` (one read, no copies beyond the response body)."""
+        params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
+        response = self._request("GET", "/view", params=params)
+        if response.status_code == 404:
+            raise NoOutput(f"ComfyUI reported {output.filename!r} but /view has no such file")
+        if response.status_code != 200:
+            raise NoOutput(f"ComfyUI answered HTTP {response.status_code} to /view for {output.filename!r}")
+        return response.content
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop the running prompt (only ``prompt_id`` where ComfyUI supports targeting it)."""
+        body = {"prompt_id": prompt_id} if prompt_id else {}
+        self._request("POST", "/interrupt", json=body, timeout=min(self.timeout_s, 5.0))
+
+    def delete_from_queue(self, prompt_id: str) -> None:
+        self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=min(self.timeout_s, 5.0))
+
+    def delete_history(self, prompt_id: str) -> None:
+        self._request("POST", "/history", json={"delete": [prompt_id]}, timeout=min(self.timeout_s, 5.0))
+
+    # ------------------------------------------------------------------------------------- WebSocket
+
+    def open_watch(self, client_id: str | None = None) -> Watch:
+        """Connect the WebSocket before queueing, so that no message of the prompt is missed."""
+        return Watch(self, client_id or uuid.uuid4().hex)
+
+
+def _json_or_empty(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def validation_error(body: dict[str, Any]) -> ComfyValidationError:
+    """ComfyUI's 400 body as a typed error: the message names each failing node and input."""
+    details: list[dict[str, Any]] = []
+    node_errors = body.get("node_errors") or {}
+    if isinstance(node_errors, dict):
+        for node_id, node in node_errors.items():
+            if not isinstance(node, dict):
+                continue
+            for err in node.get("errors") or []:
+                if not isinstance(err, dict):
+                    continue
+                extra = err.get("extra_info") or {}
+                details.append(
+                    {
+                        "node_id": str(node_id),
+                        "class_type": node.get("class_type"),
+                        "type": err.get("type"),
+                        "message": err.get("message"),
+                        "details": err.get("details"),
+                        "input_name": extra.get("input_name") if isinstance(extra, dict) else None,
+                        "received_value": extra.get("received_value") if isinstance(extra, dict) else None,
+                    }
+                )
+    raw_top = body.get("error")
+    top: dict[str, Any] = raw_top if isinstance(raw_top, dict) else {}
+    if details:
+        parts = [
+            f"node {d['node_id']!r} ({d['class_type']}): {d['message']}"
+            + (f": {d['details']}" if d.get("details") else "")
+            for d in details
+        ]
+        message = "ComfyUI refused the graph: " + "; ".join(parts)
+    else:
+        text = top.get("message") or "the graph was refused"
+        extra_text = top.get("details")
+        message = f"ComfyUI refused the graph: {text}" + (f": {extra_text}" if extra_text else "")
+        details.append({"type": top.get("type"), "message": top.get("message"), "details": extra_text})
+    return ComfyValidationError(message, details=details)
+
+
+class Watch:
+    """The WebSocket side of one prompt: messages, progress, the end, and a reconnect after a drop."""
+
+    def __init__(self, client: ComfyClient, client_id: str):
+        self.client = client
+        self.client_id = client_id
+        self._aborted = threading.Event()
+        self._lock = threading.Lock()
+        self._ws: websocket.WebSocket | None = None
+        self._ws = self._connect()
+
+    def _connect(self) -> websocket.WebSocket:
+        url = f"{self.client.ws_base}/ws?clientId={quote(self.client_id)}"
+        try:
+            ws = websocket.create_connection(url, timeout=self.client.timeout_s, enable_multithread=True)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ComfyUnavailable(
+                f"could not open ComfyUI's WebSocket at {self.client.ws_base} ({exc.__class__.__name__})"
+            ) from exc
+        with self._lock:
+            if self._aborted.is_set():
+                ws.close()
+                raise JobCancelled("the job was cancelled")
+        return ws
+
+    def abort(self) -> None:
+        """Wake a blocked :meth:`wait` from another thread: it raises :class:`JobCancelled`."""
+        with self._lock:
+            self._aborted.set()
+            ws = self._ws
+        if ws is not None:
+            try:
+                ws.abort()  # type: ignore[no-untyped-call]
+            except Exception:
+                log.debug("closing the WebSocket failed", exc_info=True)
+
+    def close(self) -> None:
+        with self._lock:
+            ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=1)
+            except Exception:
+                log.debug("closing the WebSocket failed", exc_info=True)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait(
+        self,
+        prompt_id: str,
+        *,
+        idle_timeout_s: float,
+        deadline: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> Outcome:
+        """Follow ``prompt_id`` to its end; ``deadline`` is a ``time.monotonic()`` value."""
+        outcome = Outcome(prompt_id=prompt_id)
+        reconnects_left = 1
+        while True:
+            try:
+                if self._follow(prompt_id, outcome, idle_timeout_s, deadline, on_progress):
+                    break
+            except _SocketDropped as dropped:
+                if self._aborted.is_set():
+                    raise JobCancelled("the job was cancelled") from None
+                if reconnects_left == 0:
+                    raise ComfyUnavailable(
+                        "ComfyUI's WebSocket closed twice during the job; ComfyUI may have crashed"
+                    ) from dropped.__cause__
+                reconnects_left -= 1
+                outcome.reconnected = True
+                log.warning("ComfyUI's WebSocket dropped during prompt %s; reconnecting", prompt_id)
+                self.close()
+                self._ws = self._connect()
+                if self._settled_from_history(prompt_id, outcome):
+                    break
+        self._collect_outputs(prompt_id, outcome)
+        return outcome
+
+    def _follow(
+        self,
+        prompt_id: str,
+        outcome: Outcome,
+        idle_timeout_s: float,
+        deadline: float,
+        on_progress: ProgressCallback | None,
+    ) -> bool:
+        """Read messages until the prompt ends (True); a dropped socket raises :class:`_SocketDropped`."""
+        ws = self._ws
+        if ws is None:
+            raise _SocketDropped()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobTimeout("the job passed its deadline (JOB_TIMEOUT_S) while ComfyUI was running it")
+            ws.settimeout(max(0.01, min(idle_timeout_s, remaining)))
+            try:
+                opcode, data = ws.recv_data()
+            except websocket.WebSocketTimeoutException:
+                if deadline - time.monotonic() <= 0:
+                    raise JobTimeout(
+                        "the job passed its deadline (JOB_TIMEOUT_S) while ComfyUI was running it"
+                    ) from None
+                raise JobTimeout(
+                    f"ComfyUI sent nothing for {idle_timeout_s:.0f} s (COMFY_IDLE_TIMEOUT_S); it may be hung"
+                ) from None
+            except (OSError, websocket.WebSocketException) as exc:
+                if self._aborted.is_set():
+                    raise JobCancelled("the job was cancelled") from None
+                raise _SocketDropped() from exc
+            if opcode == websocket.ABNF.OPCODE_CLOSE or (opcode == websocket.ABNF.OPCODE_TEXT and not data):
+                if self._aborted.is_set():
+                    raise JobCancelled("the job was cancelled")
+                raise _SocketDropped()
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue  # binary preview frames
+            try:
+                message = json.loads(data)
+            except ValueError:
+                continue
+            if self._handle(message, prompt_id, outcome, on_progress):
+                return True
+
+    def _handle(
+        self,
+        message: Any,
+        prompt_id: str,
+        outcome: Outcome,
+        on_progress: ProgressCallback | None,
+    ) -> bool:
+        if not isinstance(message, dict):
+            return False
+        kind = message.get("type")
+        data = message.get("data") or {}
+        if not isinstance(data, dict):
+            return False
+        ours = data.get("prompt_id") == prompt_id
+        if kind == "progress" and ours and on_progress is not None:
+            on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0)))
+        elif kind == "execution_cached" and ours:
+            outcome.cached_nodes.extend(str(n) for n in data.get("nodes") or [])
+        elif kind == "execution_error" and ours:
+            raise execution_error(data)
+        elif kind == "execution_interrupted" and ours:
+            if self._aborted.is_set():
+                raise JobCancelled("the job was cancelled")
+            raise ComfyExecutionError(
+                f"ComfyUI's run was interrupted at node {data.get('node_id')!r} ({data.get('node_type')})",
+                details=[{"node_id": data.get("node_id"), "node_type": data.get("node_type")}],
+            )
+        elif (kind == "execution_success" and ours) or (
+            kind == "executing" and ours and data.get("node") is None
+        ):
+            return True
+        return False
+
+    def _settled_from_history(self, prompt_id: str, outcome: Outcome) -> bool:
+        """After a reconnect: True when the history already holds the prompt's end."""
+        entry = self.client.history(prompt_id)
+        if entry is None:
+            return False
+        status = entry.get("status") or {}
+        if not status.get("completed", False) and status.get("status_str") not in ("error", "success"):
+            return False
+        for name, data in status.get("messages") or []:
+            if name == "execution_error" and isinstance(data, dict):
+                raise execution_error(data)
+            if name == "execution_interrupted" and isinstance(data, dict):
+                raise ComfyExecutionError(
+                    f"ComfyUI's run was interrupted at node {data.get('node_id')!r}",
+                    details=[{"node_id": data.get("node_id"), "node_type": data.get("node_type")}],
+                )
+        return True
+
+    def _collect_outputs(self, prompt_id: str, outcome: Outcome) -> None:
+        entry = self.client.history(prompt_id)
+        if entry is None:
+            raise NoOutput("ComfyUI finished the prompt but has no history entry for it")
+        outcome.outputs = parse_outputs(entry.get("outputs") or {})
+
+
+def execution_error(data: dict[str, Any]) -> ComfyExecutionError:
+    node_id, node_type = data.get("node_id"), data.get("node_type")
+    exception = str(data.get("exception_message") or "").strip()
+    kind = data.get("exception_type") or "error"
+    return ComfyExecutionError(
+        f"node {node_id!r} ({node_type}) failed: {kind}: {exception}",
+        details=[
+            {
+                "node_id": node_id,
+                "node_type": node_type,
+                "exception_type": kind,
+                "exception_message": exception,
+            }
+        ],
+    )
+
+
+def parse_outputs(outputs: dict[str, Any]) -> list[OutputFile]:
+    """Every file named in a history entry's ``outputs`` (SaveVideo files come under ``images``)."""
+    files: list[OutputFile] = []
+    for node_id, node_out in outputs.items():
+        if not isinstance(node_out, dict):
+            continue
+        animated = bool(any(node_out.get("animated") or []))
+        for key in ("images", "videos", "gifs"):
+            for item in node_out.get(key) or []:
+                if isinstance(item, dict) and item.get("filename"):
+                    files.append(
+                        OutputFile(
+                            node_id=str(node_id),
+                            filename=str(item["filename"]),
+                            subfolder=str(item.get("subfolder") or ""),
+                            type=str(item.get("type") or "output"),
+                            animated=animated or key != "images",
+                        )
+                    )
+    return files
+
+
+class _SocketDropped(Exception):
+    """The WebSocket closed or broke before the prompt ended."""
