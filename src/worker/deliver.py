@@ -1,0 +1,146 @@
+"""Hand the video to the client: inline as base64, or uploaded to the user's S3-compatible bucket.
+
+``output`` decides: ``base64``, ``url`` (a bucket must be configured), or ``auto`` (url when a bucket is
+configured). RunPod refuses large results, so an inline video larger than ``INLINE_OUTPUT_MAX_MB`` (counted as
+the base64 text that travels) is refused with advice instead of being lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from .config import Settings
+from .errors import InvalidInput, OutputTooLarge, UploadFailed
+
+log = logging.getLogger("worker.deliver")
+MIME_TYPE = "video/mp4"
+
+
+class ObjectStore(Protocol):
+    """The part of an S3 client that delivery uses (boto3's client fits)."""
+
+    def put_object(self, **kwargs: Any) -> Any: ...
+
+    def generate_presigned_url(self, ClientMethod: str, Params: dict[str, Any], ExpiresIn: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class BucketTarget:
+    endpoint_url: str
+    bucket: str
+
+
+def resolve_output_mode(requested: str, settings: Settings) -> str:
+    """``base64`` or ``url``; ``url`` without a bucket is an input error, found before any work is done."""
+    if requested == "auto":
+        return "url" if settings.bucket_configured else "base64"
+    if requested == "url" and not settings.bucket_configured:
+        raise InvalidInput(
+            "output is 'url' but this worker has no bucket configured (BUCKET_ENDPOINT_URL, "
+            "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY); use output 'base64' or 'auto'",
+            details=[{"field": "output"}],
+        )
+    return requested
+
+
+def bucket_target(settings: Settings) -> BucketTarget:
+    """The service endpoint and bucket: ``BUCKET_NAME`` if set, else RunPod's convention of a
+    virtual-hosted endpoint whose first host label is the bucket (``https://bucket.s3.region.host``)."""
+    if settings.bucket_name:
+        return BucketTarget(settings.bucket_endpoint_url.rstrip("/"), settings.bucket_name)
+    parts = urlsplit(settings.bucket_endpoint_url)
+    host = parts.hostname or ""
+    path_bucket = parts.path.strip("/").split("/", 1)[0]
+    if path_bucket:
+        return BucketTarget(urlunsplit((parts.scheme, parts.netloc, "", "", "")), path_bucket)
+    bucket, _, rest = host.partition(".")
+    if not rest:
+        raise UploadFailed(
+            "BUCKET_ENDPOINT_URL names no bucket: set BUCKET_NAME, or use https://<bucket>.<s3 endpoint>"
+        )
+    netloc = rest if parts.port is None else f"{rest}:{parts.port}"
+    return BucketTarget(urlunsplit((parts.scheme, netloc, "", "", "")), bucket)
+
+
+def _region(endpoint_url: str) -> str:
+    match = re.search(r"s3[.-]([a-z0-9-]+)\.amazonaws\.com", endpoint_url)
+    return match.group(1) if match else "us-east-1"
+
+
+def make_store(settings: Settings, target: BucketTarget) -> ObjectStore:
+    import boto3
+    from botocore.config import Config
+
+    client: ObjectStore = boto3.client(
+        "s3",
+        endpoint_url=target.endpoint_url,
+        aws_access_key_id=settings.bucket_access_key_id,
+        aws_secret_access_key=settings.bucket_secret_access_key,
+        region_name=_region(target.endpoint_url),
+        config=Config(
+            signature_version="s3v4",
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+        ),
+    )
+    return client
+
+
+def object_key(job_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)[:100] or "job"
+    day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    return f"wan-worker/{day}/{safe}.mp4"
+
+
+def inline(video: bytes, settings: Settings) -> dict[str, Any]:
+    """The base64 result, refused when larger than the inline limit."""
+    encoded_size = 4 * ((len(video) + 2) // 3)
+    limit = int(settings.inline_output_max_mb * 1024 * 1024)
+    if encoded_size > limit:
+        raise OutputTooLarge(
+            f"the video is {len(video) / 1e6:.1f} MB ({encoded_size / 1e6:.1f} MB as base64), more than the "
+            f"inline limit of {settings.inline_output_max_mb:g} MB (INLINE_OUTPUT_MAX_MB); configure a bucket "
+            "(BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) and use output 'url', or "
+            "ask for a shorter or smaller video",
+            details=[{"size_bytes": len(video), "limit_mb": settings.inline_output_max_mb}],
+        )
+    return {"video": base64.b64encode(video).decode("ascii")}
+
+
+def upload(
+    video: bytes, *, job_id: str, settings: Settings, store: ObjectStore | None = None
+) -> dict[str, Any]:
+    """Upload to the bucket; returns a presigned GET URL valid for ``BUCKET_URL_EXPIRY_S``."""
+    target = bucket_target(settings)
+    key = object_key(job_id)
+    try:
+        client = store or make_store(settings, target)
+        client.put_object(Bucket=target.bucket, Key=key, Body=video, ContentType=MIME_TYPE)
+        url = client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": target.bucket, "Key": key},
+            ExpiresIn=min(settings.bucket_url_expiry_s, 7 * 24 * 3600),
+        )
+    except UploadFailed:
+        raise
+    except Exception as exc:
+        raise UploadFailed(
+            f"the upload to bucket {target.bucket!r} failed ({exc.__class__.__name__}); check the bucket "
+            "settings and credentials"
+        ) from exc
+    log.info("job %s: video uploaded to bucket %s as %s", job_id, target.bucket, key)
+    return {"video_url": url, "bucket_key": key}
+
+
+def deliver(video: bytes, *, mode: str, job_id: str, settings: Settings) -> dict[str, Any]:
+    """``mode`` is the resolved output mode (see :func:`resolve_output_mode`)."""
+    if mode == "url":
+        return upload(video, job_id=job_id, settings=settings)
+    return inline(video, settings)
