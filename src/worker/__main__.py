@@ -1,0 +1,69 @@
+"""``python -m worker``: the RunPod worker, plus the ``schema`` and ``models`` commands.
+
+- ``python -m worker [runpod flags]`` starts the worker; runpod's own flags pass through
+  (``--rp_serve_api``, ``--rp_api_host``, ``--rp_api_port``, ``--test_input``, ``--rp_log_level`` ...). With no
+  RunPod job API in the environment and a ``test_input.json`` in the current folder, it runs that one job and
+  exits 0 on success, 1 on failure.
+- ``python -m worker schema`` prints the JSON schema of a job's ``input``.
+- ``python -m worker models ensure|status|verify`` manages the model files on the volume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _quiet_sdk_logs(args: list[str]) -> None:
+    """The SDK logs whole jobs and results at DEBUG (its default), and the local test prints the result at
+    INFO: base64 images and videos have no place in a log. Unless the user chose a level, use INFO, and WARN
+    for the one-job local test, whose outcome the worker's own log lines report."""
+    if os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL") or "--rp_log_level" in args:
+        return
+    local_test = "--rp_serve_api" not in args and not os.environ.get("RUNPOD_WEBHOOK_GET_JOB")
+    os.environ["RUNPOD_LOG_LEVEL"] = "WARN" if local_test else "INFO"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["schema"]:
+        from .schema import input_json_schema
+
+        print(json.dumps(input_json_schema(), indent=2, ensure_ascii=False))
+        return 0
+    _configure_logging()
+    if args[:1] == ["models"]:
+        from .models.cli import main as models_main
+
+        return models_main(args[1:])
+
+    _quiet_sdk_logs(args)
+    import runpod
+
+    from .config import SettingsError
+    from .handler import current_settings, handler
+
+    try:
+        current_settings()
+    except SettingsError as exc:
+        print(f"wan-worker: invalid setting: {exc}", file=sys.stderr)
+        return 2
+
+    sys.argv = [sys.argv[0], *args]
+    runpod.serverless.start({"handler": handler})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

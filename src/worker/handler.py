@@ -1,0 +1,323 @@
+"""The job's story: validate -> inputs -> models -> graph -> run -> deliver.
+
+An async handler, so that RunPod's cancel (task cancellation) reaches it; blocking work runs in threads. Every
+failure becomes ``{"error": "<code>: <what and how to fix>", "error_code", "details"}``; nothing raised ever
+reaches the SDK, except the cancellation itself, re-raised after ComfyUI was interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import cleanup, deliver, graph, jobmodels, media
+from .comfy import ComfyClient, Outcome, OutputFile, Watch
+from .config import Settings
+from .errors import (
+    ComfyUnavailable,
+    ComfyValidationError,
+    InternalError,
+    InvalidInput,
+    JobTimeout,
+    NoOutput,
+    WorkerError,
+)
+from .progress import ProgressReporter
+from .schema import JobInput, describe_errors, parse_job_input
+
+log = logging.getLogger("worker.handler")
+
+
+@lru_cache(maxsize=1)
+def current_settings() -> Settings:
+    return Settings.from_env()
+
+
+@lru_cache(maxsize=4)
+def comfy_client(base_url: str, timeout_s: float) -> ComfyClient:
+    """One client (and one HTTP connection pool) per ComfyUI, reused across jobs."""
+    return ComfyClient(base_url, timeout_s=timeout_s)
+
+
+@dataclass
+class JobRun:
+    """The state of one job, kept so that cancellation and cleanup know what to undo."""
+
+    job: dict[str, Any]
+    settings: Settings
+    job_id: str
+    client: ComfyClient
+    progress: ProgressReporter
+    started: float = field(default_factory=time.monotonic)
+    timings: dict[str, float] = field(default_factory=dict)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    uploads: list[str] = field(default_factory=list)
+    outputs: list[OutputFile] = field(default_factory=list)
+    prompt_id: str | None = None
+    watch: Watch | None = None
+    finished: bool = False
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.settings.job_timeout_s
+
+    def timed(self, stage: str, started: float) -> None:
+        self.timings[stage] = round(time.monotonic() - started, 3)
+
+
+async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """RunPod's entry point for one job."""
+    return await handle(job, current_settings())
+
+
+async def handle(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """One job with the given settings: a result dict, or the error shape; never raises but on cancel."""
+    job_id = str(job.get("id") or "local")
+    run = JobRun(
+        job=job,
+        settings=settings,
+        job_id=job_id,
+        client=comfy_client(settings.comfy_url, settings.http_timeout_s),
+        progress=ProgressReporter(job, enabled=settings.progress_updates),
+    )
+    try:
+        return await run_job(run)
+    except asyncio.CancelledError:
+        log.warning("job %s: cancelled; interrupting ComfyUI", job_id)
+        stop_comfy(run)
+        raise
+    except WorkerError as err:
+        log.warning("job %s: failed: %s: %s", job_id, err.code, err.message)
+        if isinstance(err, JobTimeout):
+            stop_comfy(run)
+        result = err.to_result()
+        if isinstance(err, ComfyUnavailable):
+            result["refresh_worker"] = True
+        return result
+    except Exception:
+        log.exception("job %s: unexpected failure", job_id)
+        stop_comfy(run)
+        return InternalError(
+            f"the worker failed unexpectedly; its log has the details for job {job_id}"
+        ).to_result()
+    finally:
+        run.progress.close()
+        await asyncio.shield(asyncio.to_thread(clean_up, run))
+
+
+async def run_job(run: JobRun) -> dict[str, Any]:
+    job = validate(run)
+    output_mode = deliver.resolve_output_mode(job.output, run.settings)
+    log.info(
+        "job %s: %s %dx%d, %d frames, %d steps, lightning %s, %d LoRA pairs",
+        run.job_id,
+        job.mode,
+        job.width,
+        job.height,
+        job.length,
+        job.steps,
+        job.lightning,
+        len(job.lora_pairs),
+    )
+
+    run.progress.stage("inputs")
+    started = time.monotonic()
+    start_image, end_image = await load_images(run, job)
+    run.timed("inputs", started)
+
+    run.progress.stage("models")
+    started = time.monotonic()
+    files = await asyncio.to_thread(
+        jobmodels.resolve, job, run.settings, job_id=run.job_id, cancel=run.cancel
+    )
+    run.timed("models", started)
+
+    run.progress.stage("comfyui")
+    started = time.monotonic()
+    ready_in = await asyncio.to_thread(
+        run.client.wait_ready, run.settings.comfy_start_timeout_s, cancel=run.cancel
+    )
+    await asyncio.to_thread(jobmodels.check_available, run.client, files, job)
+    images = await upload_images(run, start_image, end_image)
+    run.timings["comfyui_ready"] = round(ready_in, 3)
+    run.timed("upload", started)
+
+    bound = graph.bind(
+        graph.load_template(run.settings.workflows_dir, job.mode),
+        job,
+        files,
+        images,
+        filename_prefix=f"video/wan_{safe_id(run.job_id)}_{uuid.uuid4().hex[:8]}",
+    )
+
+    run.progress.stage("sampling", step=0, steps=job.steps)
+    started = time.monotonic()
+    outcome = await asyncio.to_thread(execute, run, bound, job)
+    run.timed("sampling", started)
+
+    run.progress.stage("delivering")
+    started = time.monotonic()
+    video = await asyncio.to_thread(fetch_video, run, outcome)
+    delivered = await asyncio.to_thread(
+        deliver.deliver, video, mode=output_mode, job_id=run.job_id, settings=run.settings
+    )
+    run.timed("deliver", started)
+    run.timed("total", run.started)
+    run.finished = True
+    log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], len(video))
+    return {
+        **delivered,
+        "mime_type": deliver.MIME_TYPE,
+        "mode": job.mode,
+        "seed": job.seed,
+        "width": job.width,
+        "height": job.height,
+        "length": job.length,
+        "fps": job.fps,
+        "steps": job.steps,
+        "high_noise_steps": job.high_noise_steps,
+        "cfg": job.cfg,
+        "lightning": job.lightning,
+        "adjustments": [a.model_dump() for a in job.adjustments],
+        "size_bytes": len(video),
+        "cached_nodes": outcome.cached_nodes,
+        "timings": run.timings,
+    }
+
+
+def validate(run: JobRun) -> JobInput:
+    raw = run.job.get("input")
+    if raw is None:
+        raise InvalidInput(
+            "the job has no 'input' object", details=[{"field": "input", "message": "is required"}]
+        )
+    try:
+        return parse_job_input(raw, allow_pickle_models=run.settings.allow_pickle_models)
+    except ValidationError as exc:
+        problems = describe_errors(exc)
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise InvalidInput(summary + more, details=problems) from None
+
+
+async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData, media.ImageData | None]:
+    """Start and end images, fetched concurrently."""
+    s = run.settings
+    limits = media.ImageLimits(
+        max_bytes=int(s.max_input_image_mb * 1024 * 1024),
+        max_pixels=s.max_input_image_pixels,
+        allow_private_urls=s.allow_private_urls,
+    )
+
+    def load(prefix: str) -> media.ImageData | None:
+        return media.load_image(
+            field_prefix=prefix,
+            url=getattr(job, f"{prefix}_url"),
+            b64=getattr(job, f"{prefix}_base64"),
+            path=getattr(job, f"{prefix}_path"),
+            limits=limits,
+            volume_root=s.volume_root,
+        )
+
+    start, end = await asyncio.gather(asyncio.to_thread(load, "image"), asyncio.to_thread(load, "end_image"))
+    if start is None:
+        raise InvalidInput("a start image is required", details=[{"field": "image_url"}])
+    return start, end
+
+
+async def upload_images(run: JobRun, start: media.ImageData, end: media.ImageData | None) -> graph.Images:
+    async def put(role: str, image: media.ImageData) -> str:
+        name = media.upload_name(run.job_id, role, image)
+        stored = await asyncio.to_thread(
+            run.client.upload_image, image.data, name, mime=f"image/{image.format}"
+        )
+        run.uploads.append(stored)
+        return stored
+
+    if end is None:
+        return graph.Images(start=await put("start", start))
+    first, last = await asyncio.gather(put("start", start), put("end", end))
+    return graph.Images(start=first, end=last)
+
+
+def execute(run: JobRun, bound: graph.Graph, job: JobInput) -> Outcome:
+    """Queue the graph and follow it to its end (blocking; runs in a thread)."""
+    offsets = graph.step_offsets(job)
+    total = int(job.steps or 0)
+
+    def on_progress(node: str, value: int, _max: int) -> None:
+        if node in offsets:
+            run.progress.step(min(total, offsets[node] + value), total)
+
+    client_id = uuid.uuid4().hex
+    with run.client.open_watch(client_id) as watch:
+        run.watch = watch
+        if run.cancel.is_set():
+            watch.abort()
+        try:
+            run.prompt_id = run.client.queue_prompt(bound, client_id=client_id)
+        except ComfyValidationError as err:
+            raise jobmodels.missing_from_validation(err) or err from None
+        log.info("job %s: queued as ComfyUI prompt %s", run.job_id, run.prompt_id)
+        outcome = watch.wait(
+            run.prompt_id,
+            idle_timeout_s=run.settings.comfy_idle_timeout_s,
+            deadline=run.deadline,
+            on_progress=on_progress,
+        )
+    run.outputs = outcome.outputs
+    return outcome
+
+
+def fetch_video(run: JobRun, outcome: Outcome) -> bytes | bytearray:
+    videos = [o for o in outcome.outputs if o.node_id == graph.OUTPUT_NODE] or [
+        o for o in outcome.outputs if o.filename.lower().endswith(".mp4")
+    ]
+    if not videos:
+        raise NoOutput("ComfyUI finished without writing a video; its log may say why")
+    data = run.client.fetch_output(videos[0])
+    if not data:
+        raise NoOutput(f"ComfyUI's video {videos[0].filename!r} is empty")
+    return data
+
+
+def stop_comfy(run: JobRun) -> None:
+    """Interrupt and dequeue the job's prompt; wake the watching thread. Never raises."""
+    run.cancel.set()
+    if run.watch is not None:
+        run.watch.abort()
+    if run.prompt_id is None or run.finished:
+        return
+    for step in (run.client.interrupt, run.client.delete_from_queue):
+        try:
+            step(run.prompt_id)
+        except WorkerError as exc:
+            log.warning("job %s: %s failed: %s", run.job_id, step.__name__, exc.message)
+
+
+def clean_up(run: JobRun) -> None:
+    try:
+        if run.prompt_id is not None:
+            cleanup.forget_prompt(run.client, run.prompt_id, run.job_id)
+        cleanup.remove_job_files(
+            job_id=run.job_id,
+            uploads=run.uploads,
+            outputs=run.outputs,
+            input_dir=run.settings.comfy_input_dir,
+            output_dir=run.settings.comfy_output_dir,
+        )
+    except Exception:
+        log.exception("job %s: cleanup failed", run.job_id)
+
+
+def safe_id(job_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:48] or "job"

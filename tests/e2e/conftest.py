@@ -1,0 +1,57 @@
+"""One ComfyUI emulator and one worker local API per module; faults reset before every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.emulator import Emulator
+from tests.support.worker_proc import LocalApi, worker_env
+
+DEFAULTS = {
+    "diffusion_models": [
+        "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+        "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+    ],
+    "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
+    "vae": ["wan_2.1_vae.safetensors"],
+    "loras": [
+        "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+        "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+        "style_high.safetensors",
+        "style_low.safetensors",
+        "motion_high.safetensors",
+    ],
+    "clip_vision": ["clip_vision_h.safetensors"],
+}
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    with Emulator(models=DEFAULTS) as emu:
+        yield emu
+
+
+@pytest.fixture(autouse=True)
+def _reset_faults(request: pytest.FixtureRequest) -> None:
+    if "emulator" in request.fixturenames:
+        request.getfixturevalue("emulator").set_faults()
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("volume")
+
+
+@pytest.fixture(scope="module")
+def api(emulator: Emulator, volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
+    logs = tmp_path_factory.mktemp("logs")
+    server = LocalApi(
+        worker_env(emulator.url, volume, COMFY_IDLE_TIMEOUT_S="10", JOB_TIMEOUT_S="60"),
+        cwd=logs,
+        log_path=logs / "worker.log",
+    )
+    yield server
+    server.stop()

@@ -1,0 +1,125 @@
+"""The handler in-process against the emulator: cancellation, deadlines, cleanup, the error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.emulator import Emulator
+from tests.support.images import data_uri, image_bytes
+from tests.support.video import probe_b64
+from worker.config import Settings
+from worker.handler import handle
+
+START = data_uri(image_bytes())
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    with Emulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def settings(emulator: Emulator, tmp_path: Path) -> Settings:
+    emulator.set_faults()
+    emulator.configure(step_delay=0.0)
+    host, port = emulator.url.split("//")[1].rsplit(":", 1)
+    return Settings.from_env(
+        {
+            "COMFY_HOST": host,
+            "COMFY_PORT": port,
+            "VOLUME_ROOT": str(tmp_path),
+            "COMFY_INPUT_DIR": emulator.input_dir,
+            "COMFY_OUTPUT_DIR": emulator.output_dir,
+            "COMFY_START_TIMEOUT_S": "5",
+        }
+    )
+
+
+def job(**fields: Any) -> dict[str, Any]:
+    return {
+        "id": "job-1",
+        "input": {"prompt": "p", "image_base64": START, "width": 128, "height": 128, "length": 9, **fields},
+    }
+
+
+def files_in(folder: str) -> list[Path]:
+    return [p for p in Path(folder).rglob("*") if p.is_file()]
+
+
+def test_success_leaves_nothing_behind(emulator: Emulator, settings: Settings) -> None:
+    result = asyncio.run(handle(job(), settings))
+    assert "error" not in result, result
+    assert probe_b64(result["video"]).frames == 9
+    state = emulator.state()
+    prompt_id = state["prompt_ids"][-1]
+    assert prompt_id in state["history_deletes"]
+    assert files_in(emulator.input_dir) == [] and files_in(emulator.output_dir) == []
+
+
+def test_cancellation_interrupts_comfyui_promptly(emulator: Emulator, settings: Settings) -> None:
+    emulator.set_faults(hang=True)
+    before = emulator.state()["interrupts"]
+
+    async def scenario() -> float:
+        task = asyncio.create_task(handle(job(), settings))
+        deadline = time.monotonic() + 10
+        while emulator.state()["running"] is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return cancelled_at
+
+    cancelled_at = asyncio.run(scenario())
+    state = emulator.state()
+    assert state["interrupts"] > before
+    assert time.monotonic() - cancelled_at < 2
+    assert state["prompt_ids"][-1] in state["queue_deletes"]
+    assert state["running"] is None
+    emulator.set_faults()
+    assert "error" not in asyncio.run(handle(job(), settings))
+
+
+def test_idle_timeout_interrupts_and_reports(emulator: Emulator, settings: Settings) -> None:
+    emulator.set_faults(hang=True)
+    result = asyncio.run(handle(job(), replace(settings, comfy_idle_timeout_s=0.5)))
+    assert result["error_code"] == "timeout" and result["error"].startswith("timeout: ")
+    state = emulator.state()
+    assert state["interrupts"] >= 1 and state["prompt_ids"][-1] in state["queue_deletes"]
+
+
+def test_comfyui_down_asks_for_a_new_worker(settings: Settings) -> None:
+    down = replace(settings, comfy_host="127.0.0.1", comfy_port=9, comfy_start_timeout_s=0.3)
+    result = asyncio.run(handle(job(), down))
+    assert result["error_code"] == "comfyui_unavailable"
+    assert result["refresh_worker"] is True
+
+
+def test_missing_input_object(settings: Settings) -> None:
+    result = asyncio.run(handle({"id": "x"}, settings))
+    assert result["error"].startswith("invalid_input: ") and result["details"][0]["field"] == "input"
+
+
+def test_url_output_without_a_bucket_is_refused_before_work(emulator: Emulator, settings: Settings) -> None:
+    prompts = len(emulator.state()["prompts"])
+    result = asyncio.run(handle(job(output="url"), settings))
+    assert result["error_code"] == "invalid_input" and "bucket" in result["error"]
+    assert len(emulator.state()["prompts"]) == prompts
+
+
+def test_unexpected_failure_is_an_internal_error_without_traceback(
+    settings: Settings, tmp_path: Path
+) -> None:
+    broken = replace(settings, workflows_dir=tmp_path / "nowhere")
+    result = asyncio.run(handle(job(), broken))
+    assert result["error_code"] == "internal_error"
+    assert "Traceback" not in result["error"] and "job-1" in result["error"]
