@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3
 import websocket
 
 from .errors import (
@@ -109,7 +110,7 @@ class ComfyClient:
                 raise JobCancelled("the job was cancelled while waiting for ComfyUI")
             if cancel is None:
                 time.sleep(min(delay, timeout_s - waited))
-            delay = min(delay * 2, 0.25)
+            delay = min(delay * 2, 0.05)
 
     def list_models(self, folder: str) -> list[str] | None:
         """The files ComfyUI sees in a model folder (``GET /models/<folder>``); None if it cannot say."""
@@ -160,15 +161,26 @@ class ComfyClient:
         entry = body.get(prompt_id)
         return entry if isinstance(entry, dict) else None
 
-    def fetch_output(self, output: OutputFile) -> bytes:
-        """Read one output file through ``GET /view`` (one read, no copies beyond the response body)."""
+    def fetch_output(self, output: OutputFile) -> bytes | bytearray:
+        """Read one output file through ``GET /view``: one read into one buffer of the announced size."""
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
-        response = self._request("GET", "/view", params=params)
-        if response.status_code == 404:
-            raise NoOutput(f"ComfyUI reported {output.filename!r} but /view has no such file")
-        if response.status_code != 200:
-            raise NoOutput(f"ComfyUI answered HTTP {response.status_code} to /view for {output.filename!r}")
-        return response.content
+        response = self._request("GET", "/view", params=params, stream=True)
+        with response:
+            if response.status_code == 404:
+                raise NoOutput(f"ComfyUI reported {output.filename!r} but /view has no such file")
+            if response.status_code != 200:
+                raise NoOutput(
+                    f"ComfyUI answered HTTP {response.status_code} to /view for {output.filename!r}"
+                )
+            declared = response.headers.get("content-length", "")
+            try:
+                if not declared.isdigit() or response.headers.get("content-encoding"):
+                    return response.content
+                return _read_exactly(response, int(declared), output.filename)
+            except requests.RequestException as exc:
+                raise NoOutput(
+                    f"reading {output.filename!r} from ComfyUI failed ({exc.__class__.__name__})"
+                ) from exc
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop the running prompt (only ``prompt_id`` where ComfyUI supports targeting it)."""
@@ -186,6 +198,25 @@ class ComfyClient:
     def open_watch(self, client_id: str | None = None) -> Watch:
         """Connect the WebSocket before queueing, so that no message of the prompt is missed."""
         return Watch(self, client_id or uuid.uuid4().hex)
+
+
+def _read_exactly(response: requests.Response, size: int, name: str) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    try:
+        while filled < size:
+            count = response.raw.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        raise NoOutput(f"reading {name!r} from ComfyUI failed ({exc.__class__.__name__})") from exc
+    finally:
+        view.release()
+    if filled != size:
+        raise NoOutput(f"ComfyUI sent {filled} of the {size} bytes of {name!r}")
+    return buffer
 
 
 def _json_or_empty(response: requests.Response) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def object_key(job_id: str) -> str:
     return f"wan-worker/{day}/{safe}.mp4"
 
 
-def inline(video: bytes, settings: Settings) -> dict[str, Any]:
+def inline(video: bytes | bytearray, settings: Settings) -> dict[str, Any]:
     """The base64 result, refused when larger than the inline limit."""
     encoded_size = 4 * ((len(video) + 2) // 3)
     limit = int(settings.inline_output_max_mb * 1024 * 1024)
@@ -115,7 +115,7 @@ def inline(video: bytes, settings: Settings) -> dict[str, Any]:
 
 
 def upload(
-    video: bytes, *, job_id: str, settings: Settings, store: ObjectStore | None = None
+    video: bytes | bytearray, *, job_id: str, settings: Settings, store: ObjectStore | None = None
 ) -> dict[str, Any]:
     """Upload to the bucket; returns a presigned GET URL valid for ``BUCKET_URL_EXPIRY_S``."""
     target = bucket_target(settings)
@@ -139,7 +139,7 @@ def upload(
     return {"video_url": url, "bucket_key": key}
 
 
-def deliver(video: bytes, *, mode: str, job_id: str, settings: Settings) -> dict[str, Any]:
+def deliver(video: bytes | bytearray, *, mode: str, job_id: str, settings: Settings) -> dict[str, Any]:
     """``mode`` is the resolved output mode (see :func:`resolve_output_mode`)."""
     if mode == "url":
         return upload(video, job_id=job_id, settings=settings)

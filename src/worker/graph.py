@@ -10,7 +10,6 @@ between jobs, whichever mode they are.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ def step_offsets(job: JobInput) -> dict[str, int]:
 
 def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, filename_prefix: str) -> Graph:
     """A new graph for ``job``: the template is not modified."""
-    graph = copy.deepcopy(template)
+    graph = _copy_graph(template)
     mode = job.mode
     check_template(graph, mode)
 
@@ -143,6 +142,18 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
 
     if files.clip_vision:
         _clip_vision(graph, files.clip_vision, mode)
+    return graph
+
+
+def _copy_graph(template: Graph) -> Graph:
+    """A copy deep enough for binding: node and input dicts are new, input values are replaced, never mutated."""
+    graph: Graph = {}
+    for node_id, node in template.items():
+        copied = dict(node)
+        copied["inputs"] = {k: list(v) if isinstance(v, list) else v for k, v in node["inputs"].items()}
+        if isinstance(node.get("_meta"), dict):
+            copied["_meta"] = dict(node["_meta"])
+        graph[node_id] = copied
     return graph
 
 

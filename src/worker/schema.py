@@ -343,7 +343,9 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
             named = _FIELD_PREFIX.match(message)
             if named and not field:
                 field, message = named.group(1), message[named.end() :]
-        problems.append({"field": field or "input", "message": message})
+        if kind != "extra_forbidden":
+            field = field or "input"
+        problems.append({"field": field, "message": message})
     return problems
 
 
