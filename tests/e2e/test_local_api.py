@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
 from tests.support.video import probe_b64
 from tests.support.worker_proc import REPO, LocalApi, worker_env
+from worker.config import Settings
+from worker.handler import handle
 
 pytestmark = pytest.mark.e2e
 
@@ -165,16 +168,29 @@ def test_a_wrong_graph_is_refused_by_comfyui_with_the_node_named(
             else:
                 graph[node]["inputs"][key] = value
         path.write_text(json.dumps(graph))
+    settings = Settings.from_env(worker_env(emulator.url, tmp_path, WORKFLOWS_DIR=str(workflows)))
+    result = asyncio.run(handle({"id": "wrong-graph", "input": job()}, settings))
+    assert result["error_code"] == "comfyui_validation", result
+    assert result["error"].startswith("comfyui_validation: ComfyUI refused the graph")
+    assert node in result["error"] and fragment in result["error"]
+
+
+def test_a_wrong_graph_through_the_local_test_run(emulator: Emulator, tmp_path: Path) -> None:
+    """The same refusal seen as a user of `python -m worker` sees it: exit 1 and the node named in the log."""
+    workflows = tmp_path / "workflows"
+    shutil.copytree(REPO / "workflows", workflows)
+    path = workflows / "wan22_i2v.json"
+    graph = json.loads(path.read_text())
+    graph["sampler_high"]["inputs"]["sampler_name"] = "no_such_sampler"
+    path.write_text(json.dumps(graph))
     env = worker_env(emulator.url, tmp_path, WORKFLOWS_DIR=str(workflows))
-    job_input = {"input": job()}
-    (tmp_path / "test_input.json").write_text(json.dumps(job_input))
+    (tmp_path / "test_input.json").write_text(json.dumps({"input": job()}))
     done = subprocess.run(
         [sys.executable, "-m", "worker"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 1, done.stdout + done.stderr
     log = done.stdout + done.stderr
-    assert "comfyui_validation: ComfyUI refused the graph" in log
-    assert node in log and fragment in log
+    assert "comfyui_validation: ComfyUI refused the graph: node 'sampler_high' (KSamplerAdvanced)" in log
 
 
 def test_local_test_run_exits_0_with_test_input_json(emulator: Emulator, tmp_path: Path) -> None:
