@@ -216,3 +216,15 @@ def test_job_input_round_trips_through_json() -> None:
     job = parse_job_input({**BASE, "width": 838, "seed": 7})
     again = JobInput.model_validate_json(job.model_dump_json())
     assert again.width == 832 and again.seed == 7
+
+
+def test_published_schema_file_is_current() -> None:
+    """docs/job_input.schema.json, linked from the README, is what `python -m worker schema` prints."""
+    from pathlib import Path
+
+    from worker.schema import input_json_schema
+
+    published = Path(__file__).resolve().parents[2] / "docs" / "job_input.schema.json"
+    assert json.loads(published.read_text(encoding="utf-8")) == input_json_schema(), (
+        "regenerate it: python -m worker schema > docs/job_input.schema.json"
+    )
