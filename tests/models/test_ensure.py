@@ -244,7 +244,7 @@ def test_a_failed_download_resumes_in_the_next_job_with_only_the_missing_bytes(
     server: FileServer, settings: Settings, volume: Path
 ) -> None:
     data = model_bytes(SIZE * 4, seed=8)
-    url = server.add("/big.safetensors", data, cut_after=100_000, cuts=1)
+    url = server.add("/big.safetensors", data, cut_after=50_000, cuts=1)
     one_try = fast_options(connections=1, max_attempts=1)
     with pytest.raises(ModelDownloadFailed):
         run([ref("high_model_url", "diffusion_models", url)], settings, options=one_try)

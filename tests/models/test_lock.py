@@ -7,18 +7,21 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from worker.errors import JobCancelled, ModelDownloadFailed
-from worker.models.lock import LOCK_FILE_BYTES, Machine, ModelLock
+from worker.models.lock import LOCK_FILE_BYTES, LockTuning, Machine, ModelLock
 
 from .conftest import FAST_LOCK
 
+PATIENT = replace(FAST_LOCK, stale_after_s=1.0)  # a busy machine may delay a heartbeat, not by a second
 
-def lock(path: Path, timeout_s: float = 5.0, **kwargs: object) -> ModelLock:
-    return ModelLock(path, timeout_s=timeout_s, tuning=FAST_LOCK, what="x.safetensors", **kwargs)  # type: ignore[arg-type]
+
+def lock(path: Path, timeout_s: float = 5.0, tuning: LockTuning = FAST_LOCK, **kwargs: object) -> ModelLock:
+    return ModelLock(path, timeout_s=timeout_s, tuning=tuning, what="x.safetensors", **kwargs)  # type: ignore[arg-type]
 
 
 def write_foreign_lock(path: Path, **info: object) -> None:
@@ -37,16 +40,16 @@ def write_foreign_lock(path: Path, **info: object) -> None:
 def test_one_holder_at_a_time(tmp_path: Path) -> None:
     path = tmp_path / ".x.lock"
     order: list[str] = []
-    with lock(path):
+    with lock(path, tuning=PATIENT):
         assert path.exists()
 
         def second() -> None:
-            with lock(path):
+            with lock(path, tuning=PATIENT):
                 order.append("second")
 
         thread = threading.Thread(target=second)
         thread.start()
-        time.sleep(FAST_LOCK.stale_after_s * 1.5)  # heartbeats keep the lock alive past stale_after_s
+        time.sleep(PATIENT.stale_after_s * 1.3)  # heartbeats keep the lock alive past stale_after_s
         order.append("first done")
     thread.join(5)
     assert order == ["first done", "second"]
@@ -84,8 +87,8 @@ def test_a_lock_whose_heartbeat_stopped_is_taken_over(tmp_path: Path) -> None:
 
 def test_a_live_lock_is_waited_for_until_the_deadline(tmp_path: Path) -> None:
     path = tmp_path / ".x.lock"
-    with lock(path), pytest.raises(ModelDownloadFailed) as info:
-        lock(path, timeout_s=1.0).acquire()
+    with lock(path, tuning=PATIENT), pytest.raises(ModelDownloadFailed) as info:
+        lock(path, timeout_s=0.8, tuning=PATIENT).acquire()
     message = str(info.value)
     assert "another worker" in message and "MODEL_LOCK_TIMEOUT_S" in message and str(path) in message
 

@@ -70,7 +70,7 @@ def test_extra_model_paths_map_both_layouts_as_the_worker_searches_them() -> Non
     base = Path("/runpod-volume")
     mapped: dict[str, list[Path]] = {}
     for source in config.values():
-        assert source["base_path"] == "/runpod-volume"
+        assert source["base_path"] == "${VOLUME_ROOT}"  # start.sh exports it; ComfyUI expands it
         for kind, paths in source.items():
             if kind != "base_path":
                 mapped.setdefault(kind, []).extend(base / p for p in str(paths).split())

@@ -46,6 +46,7 @@ Progress = Callable[[int, int | None], None]
 
 T = TypeVar("T")
 STATE_VERSION = 1
+BLOCKS_PER_CONNECTION = 4
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 
 
@@ -54,7 +55,7 @@ class Tuning:
     """How the engine behaves; the defaults suit multi-GB files over the internet."""
 
     connections: int = 8
-    chunk_bytes: int = 256 << 10
+    chunk_bytes: int = 1 << 20
     block_bytes: int = 64 << 20
     """Ranges are fetched in blocks of this size, in file order."""
     window_blocks: int = 16
@@ -267,13 +268,14 @@ class _Plan:
         self._cond = threading.Condition()
         self._pieces: list[_Piece] = []
         ranges = sorted(remaining)
-        if connections > 1:  # small files: one block per connection rather than a few large ones
-            share = -(-sum(b - a for a, b in ranges) // connections)
+        if connections > 1:  # smaller files: several blocks per connection, so that the hash keeps up
+            share = -(-sum(b - a for a, b in ranges) // (BLOCKS_PER_CONNECTION * connections))
             block = max(min_piece, min(block, share))
         for a, b in ranges:
             while a < b:
                 self._pieces.append(_Piece(a, a, min(b, a + block)))
                 a = min(b, a + block)
+        self._front = 0
         self._min = max(1, min_piece)
         self._window = max(window, block)
         self._splits = connections > 1
@@ -330,7 +332,10 @@ class _Plan:
             return piece.pos >= piece.end
 
     def _prefix(self) -> int:
-        return min((p.pos for p in self._pieces if p.pos < p.end), default=self.total)
+        pieces = self._pieces
+        while self._front < len(pieces) and pieces[self._front].pos >= pieces[self._front].end:
+            self._front += 1  # pieces are in file order, and a split inserts after the piece split
+        return pieces[self._front].pos if self._front < len(pieces) else self.total
 
     def wait_prefix(self, beyond: int, timeout: float) -> int:
         """The contiguous prefix on disk, once it passes ``beyond`` (or after ``timeout``)."""
