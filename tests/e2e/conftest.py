@@ -7,19 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator import Emulator
+from tests.emulator import DEFAULT_MODELS, Emulator
 from tests.support.worker_proc import LocalApi, worker_env
 
 DEFAULTS = {
-    "diffusion_models": [
-        "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
-        "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
-    ],
-    "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
-    "vae": ["wan_2.1_vae.safetensors"],
+    **DEFAULT_MODELS,
     "loras": [
-        "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
-        "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+        *DEFAULT_MODELS["loras"],
         "style_high.safetensors",
         "style_low.safetensors",
         "motion_high.safetensors",

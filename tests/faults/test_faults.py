@@ -13,6 +13,7 @@ import pytest
 
 from tests.emulator import Emulator, EmulatorProcess
 from tests.support.images import data_uri, image_bytes
+from tests.support.settings import settings_for
 from tests.support.video import probe_b64
 from worker.config import Settings
 from worker.handler import handle
@@ -25,19 +26,6 @@ def job(**fields: Any) -> dict[str, Any]:
         "id": "fault-job",
         "input": {"prompt": "p", "image_base64": START, "width": 128, "height": 128, "length": 9, **fields},
     }
-
-
-def settings_for(url: str, tmp_path: Path, **env: str) -> Settings:
-    host, port = url.split("//")[1].rsplit(":", 1)
-    return Settings.from_env(
-        {
-            "COMFY_HOST": host,
-            "COMFY_PORT": port,
-            "VOLUME_ROOT": str(tmp_path),
-            "COMFY_START_TIMEOUT_S": "5",
-            **env,
-        }
-    )
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,16 @@ from worker.errors import (
     NoOutput,
 )
 from worker.graph import Images, ModelFiles, bind, load_template
+from worker.models import default_names
 from worker.schema import parse_job_input
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+_DEFAULTS = default_names()
 FILES = ModelFiles(
-    high_model="wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
-    low_model="wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
-    text_encoder="umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-    vae="wan_2.1_vae.safetensors",
-    lightning_high="wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
-    lightning_low="wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+    **{
+        role: _DEFAULTS[role]
+        for role in ("high_model", "low_model", "text_encoder", "vae", "lightning_high", "lightning_low")
+    }
 )
 
 

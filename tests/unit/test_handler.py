@@ -13,6 +13,7 @@ import pytest
 
 from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
+from tests.support.settings import settings_for
 from tests.support.video import probe_b64
 from worker.config import Settings
 from worker.handler import handle
@@ -30,16 +31,8 @@ def emulator() -> Iterator[Emulator]:
 def settings(emulator: Emulator, tmp_path: Path) -> Settings:
     emulator.set_faults()
     emulator.configure(step_delay=0.0)
-    host, port = emulator.url.split("//")[1].rsplit(":", 1)
-    return Settings.from_env(
-        {
-            "COMFY_HOST": host,
-            "COMFY_PORT": port,
-            "VOLUME_ROOT": str(tmp_path),
-            "COMFY_INPUT_DIR": emulator.input_dir,
-            "COMFY_OUTPUT_DIR": emulator.output_dir,
-            "COMFY_START_TIMEOUT_S": "5",
-        }
+    return settings_for(
+        emulator.url, tmp_path, COMFY_INPUT_DIR=emulator.input_dir, COMFY_OUTPUT_DIR=emulator.output_dir
     )
 
 
