@@ -143,12 +143,11 @@ async def run_job(run: JobRun) -> dict[str, Any]:
 
     run.progress.stage("comfyui")
     started = time.monotonic()
-    ready_in = await asyncio.to_thread(
-        run.client.wait_ready, run.settings.comfy_start_timeout_s, cancel=run.cancel
-    )
+    await asyncio.to_thread(run.client.wait_ready, run.settings.comfy_start_timeout_s, cancel=run.cancel)
+    run.timed("comfyui_ready", started)
+    started = time.monotonic()
     await asyncio.to_thread(jobmodels.check_available, run.client, files, job)
     images = await upload_images(run, start_image, end_image)
-    run.timings["comfyui_ready"] = round(ready_in, 3)
     run.timed("upload", started)
 
     bound = graph.bind(
