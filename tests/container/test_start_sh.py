@@ -161,13 +161,14 @@ def test_a_failed_model_ensure_stops_before_comfy(harness: Harness) -> None:
 
 
 def test_fails_at_the_deadline_when_comfy_never_answers(harness: Harness) -> None:
-    result = harness.run(COMFY_CMD=harness.comfy_cmd("hang"), COMFY_START_TIMEOUT_S="1.5")
+    # The deadline leaves the stand-in (a Python process) time to start listening on a busy machine.
+    result = harness.run(COMFY_CMD=harness.comfy_cmd("hang"), COMFY_START_TIMEOUT_S="5")
 
     assert result.code != 0
     assert first(result.comfy, "listening") is not None
     assert "COMFY_START_TIMEOUT_S" in result.stderr
     # Not before the deadline, and not long after it (one probe is bounded to 1 s; the margin is for busy machines).
-    assert 1.5 <= result.elapsed < 10.0, result.elapsed
+    assert 5.0 <= result.elapsed < 15.0, result.elapsed
     assert first(result.worker, "start") is None
     assert first(result.comfy, "sigterm") is not None
     for pid in iter_pids(result.comfy):
