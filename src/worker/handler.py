@@ -166,13 +166,14 @@ async def run_job(run: JobRun) -> dict[str, Any]:
     run.progress.stage("delivering")
     started = time.monotonic()
     video = await asyncio.to_thread(fetch_video, run, outcome)
+    size = len(video)  # delivery may release the buffer
     delivered = await asyncio.to_thread(
         deliver.deliver, video, mode=output_mode, job_id=run.job_id, settings=run.settings
     )
     run.timed("deliver", started)
     run.timed("total", run.started)
     run.finished = True
-    log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], len(video))
+    log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], size)
     return {
         **delivered,
         "mime_type": deliver.MIME_TYPE,
@@ -187,7 +188,7 @@ async def run_job(run: JobRun) -> dict[str, Any]:
         "cfg": job.cfg,
         "lightning": job.lightning,
         "adjustments": [a.model_dump() for a in job.adjustments],
-        "size_bytes": len(video),
+        "size_bytes": size,
         "cached_nodes": outcome.cached_nodes,
         "timings": run.timings,
     }

@@ -105,3 +105,16 @@ def test_bucket_target_conventions(endpoint: str, name: str, expected: tuple[str
         env["BUCKET_NAME"] = name
     target = bucket_target(Settings.from_env(env))
     assert (target.endpoint_url, target.bucket) == expected
+
+
+def test_chunked_encoding_matches_one_pass_and_releases_the_buffer() -> None:
+    import os
+
+    from worker.deliver import ENCODE_CHUNK, encode_releasing
+
+    for size in (0, 1, 2, 3, ENCODE_CHUNK - 1, ENCODE_CHUNK, ENCODE_CHUNK + 1, 2 * ENCODE_CHUNK + 2):
+        data = os.urandom(size)
+        buffer = bytearray(data)
+        assert encode_releasing(buffer) == base64.b64encode(data).decode("ascii"), size
+        assert len(buffer) == 0
+    assert encode_releasing(b"abc") == "YWJj"
