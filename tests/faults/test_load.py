@@ -13,7 +13,7 @@ from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
 from tests.support.worker_proc import LocalApi, worker_env
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # 200 real jobs: minutes on a slow 2-core machine
 JOBS = 200
 START = data_uri(image_bytes())
 
