@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,21 +25,6 @@ def job(**fields: Any) -> dict[str, Any]:
         "id": "fault-job",
         "input": {"prompt": "p", "image_base64": START, "width": 128, "height": 128, "length": 9, **fields},
     }
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with Emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def settings(emulator: Emulator, tmp_path: Path) -> Settings:
-    emulator.set_faults()
-    emulator.configure(step_delay=0.0)
-    return settings_for(
-        emulator.url, tmp_path, COMFY_INPUT_DIR=emulator.input_dir, COMFY_OUTPUT_DIR=emulator.output_dir
-    )
 
 
 def run(settings: Settings, **fields: Any) -> tuple[dict[str, Any], float]:

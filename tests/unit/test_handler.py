@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,27 +12,11 @@ import pytest
 
 from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
-from tests.support.settings import settings_for
 from tests.support.video import probe_b64
 from worker.config import Settings
 from worker.handler import handle
 
 START = data_uri(image_bytes())
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with Emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def settings(emulator: Emulator, tmp_path: Path) -> Settings:
-    emulator.set_faults()
-    emulator.configure(step_delay=0.0)
-    return settings_for(
-        emulator.url, tmp_path, COMFY_INPUT_DIR=emulator.input_dir, COMFY_OUTPUT_DIR=emulator.output_dir
-    )
 
 
 def job(**fields: Any) -> dict[str, Any]:
