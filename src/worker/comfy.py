@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -39,6 +39,19 @@ log = logging.getLogger("worker.comfy")
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called with (node id, value, max) for every ``progress`` message of the watched prompt."""
+
+READ_CHUNK = 3 * 1024 * 1024
+"""Bytes handed to an :class:`OutputSink` at a time: a multiple of 3, so that base64 needs no carry."""
+
+
+class OutputSink(Protocol):
+    """Where :meth:`ComfyClient.read_output` puts a file's bytes as they arrive."""
+
+    def expect(self, size: int | None) -> None:
+        """Called once before any bytes, with the announced size (None when the server announced none)."""
+
+    def write(self, chunk: memoryview) -> None:
+        """The next bytes; ``chunk`` is only valid during the call."""
 
 
 @dataclass(frozen=True)
@@ -161,10 +174,13 @@ class ComfyClient:
         entry = body.get(prompt_id)
         return entry if isinstance(entry, dict) else None
 
-    def fetch_output(self, output: OutputFile) -> bytes | bytearray:
-        """Read one output file through ``GET /view``: one read into one buffer of the announced size."""
+    def read_output(self, output: OutputFile, sink: OutputSink, *, chunk_size: int = READ_CHUNK) -> int:
+        """Stream one output file through ``GET /view`` into ``sink``, ``chunk_size`` bytes at a time (the
+        last chunk shorter), through one reused buffer; returns the number of bytes read."""
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
-        response = self._request("GET", "/view", params=params, stream=True)
+        response = self._request(
+            "GET", "/view", params=params, stream=True, headers={"Accept-Encoding": "identity"}
+        )
         with response:
             if response.status_code == 404:
                 raise NoOutput(f"ComfyUI reported {output.filename!r} but /view has no such file")
@@ -173,14 +189,19 @@ class ComfyClient:
                     f"ComfyUI answered HTTP {response.status_code} to /view for {output.filename!r}"
                 )
             declared = response.headers.get("content-length", "")
-            try:
-                if not declared.isdigit() or response.headers.get("content-encoding"):
-                    return response.content
-                return _read_exactly(response, int(declared), output.filename)
-            except requests.RequestException as exc:
-                raise NoOutput(
-                    f"reading {output.filename!r} from ComfyUI failed ({exc.__class__.__name__})"
-                ) from exc
+            exact = declared.isdigit() and not response.headers.get("content-encoding")
+            sink.expect(int(declared) if exact else None)
+            response.raw.decode_content = True  # a server that compressed anyway: hand on the file's bytes
+            total = _stream_into(response, sink, chunk_size, output.filename)
+        if exact and total != int(declared):
+            raise NoOutput(f"ComfyUI sent {total} of the {declared} bytes of {output.filename!r}")
+        return total
+
+    def fetch_output(self, output: OutputFile) -> bytearray:
+        """Read one output file through ``GET /view`` into memory."""
+        collected = _Collect()
+        self.read_output(output, collected)
+        return collected.buffer
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop the running prompt (only ``prompt_id`` where ComfyUI supports targeting it)."""
@@ -200,23 +221,40 @@ class ComfyClient:
         return Watch(self, client_id or uuid.uuid4().hex)
 
 
-def _read_exactly(response: requests.Response, size: int, name: str) -> bytearray:
-    buffer = bytearray(size)
+class _Collect:
+    """A sink that keeps the whole file in one growing buffer."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def expect(self, size: int | None) -> None:
+        pass
+
+    def write(self, chunk: memoryview) -> None:
+        self.buffer += chunk
+
+
+def _stream_into(response: requests.Response, sink: OutputSink, chunk_size: int, name: str) -> int:
+    buffer = bytearray(chunk_size)
     view = memoryview(buffer)
-    filled = 0
+    total = 0
     try:
-        while filled < size:
-            count = response.raw.readinto(view[filled:])
-            if not count:
-                break
-            filled += count
-    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        while True:
+            filled = 0
+            while filled < chunk_size:
+                count = response.raw.readinto(view[filled:])
+                if not count:
+                    break
+                filled += count
+            if filled:
+                sink.write(view[:filled])
+                total += filled
+            if filled < chunk_size:
+                return total
+    except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
         raise NoOutput(f"reading {name!r} from ComfyUI failed ({exc.__class__.__name__})") from exc
     finally:
         view.release()
-    if filled != size:
-        raise NoOutput(f"ComfyUI sent {filled} of the {size} bytes of {name!r}")
-    return buffer
 
 
 def _json_or_empty(response: requests.Response) -> dict[str, Any]:

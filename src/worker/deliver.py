@@ -99,37 +99,68 @@ def object_key(job_id: str) -> str:
     return f"wan-worker/{day}/{safe}.mp4"
 
 
-def inline(video: bytes | bytearray, settings: Settings) -> dict[str, Any]:
-    """The base64 result, refused when larger than the inline limit."""
-    encoded_size = 4 * ((len(video) + 2) // 3)
-    limit = int(settings.inline_output_max_mb * 1024 * 1024)
-    if encoded_size > limit:
-        raise OutputTooLarge(
-            f"the video is {len(video) / 1e6:.1f} MB ({encoded_size / 1e6:.1f} MB as base64), more than the "
-            f"inline limit of {settings.inline_output_max_mb:g} MB (INLINE_OUTPUT_MAX_MB); configure a bucket "
-            "(BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) and use output 'url', or "
-            "ask for a shorter or smaller video",
-            details=[{"size_bytes": len(video), "limit_mb": settings.inline_output_max_mb}],
-        )
-    return {"video": encode_releasing(video)}
+class InlineEncoder:
+    """An output sink that encodes the video to base64 as it arrives, chunk by chunk, so that the raw video is
+    never held whole: the pieces and the final text are the only copies (peak about 2.7 x the video). A video
+    larger than ``INLINE_OUTPUT_MAX_MB`` (counted as base64) is refused as soon as its size is known."""
+
+    def __init__(self, settings: Settings):
+        self.limit_mb = settings.inline_output_max_mb
+        self.size = 0
+        self._pieces: list[str] = []
+        self._carry = b""
+
+    def expect(self, size: int | None) -> None:
+        if size is not None:
+            self._check(size)
+
+    def write(self, chunk: memoryview) -> None:
+        self.size += len(chunk)
+        self._check(self.size)
+        if self._carry:  # complete the previous chunk's last group of 3 bytes
+            need = 3 - len(self._carry)
+            head, chunk = self._carry + bytes(chunk[:need]), chunk[need:]
+            if len(head) < 3:
+                self._carry = head
+                return
+            self._pieces.append(base64.b64encode(head).decode("ascii"))
+        whole = len(chunk) - len(chunk) % 3
+        if whole:
+            self._pieces.append(base64.b64encode(chunk[:whole]).decode("ascii"))
+        self._carry = bytes(chunk[whole:])
+
+    def result(self) -> dict[str, Any]:
+        """``{"video": <base64 text>}``; the pieces are released as they are joined."""
+        pieces, self._pieces = self._pieces, []
+        if self._carry:
+            pieces.append(base64.b64encode(self._carry).decode("ascii"))
+            self._carry = b""
+        return {"video": "".join(pieces)}
+
+    def _check(self, size: int) -> None:
+        encoded_size = 4 * ((size + 2) // 3)
+        if encoded_size > int(self.limit_mb * 1024 * 1024):
+            raise OutputTooLarge(
+                f"the video is {size / 1e6:.1f} MB ({encoded_size / 1e6:.1f} MB as base64), more than the inline "
+                f"limit of {self.limit_mb:g} MB (INLINE_OUTPUT_MAX_MB); configure a bucket (BUCKET_ENDPOINT_URL, "
+                "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) and use output 'url', or ask for a shorter or "
+                "smaller video",
+                details=[{"size_bytes": size, "limit_mb": self.limit_mb}],
+            )
 
 
-ENCODE_CHUNK = 3 * 1024 * 1024
-"""A multiple of 3, so that the base64 of consecutive chunks concatenates into the base64 of the whole."""
+class JobResult(dict[str, Any]):
+    """A job's result. Its repr shows an inline video as its length: the runpod SDK formats the whole result
+    into DEBUG log lines at every log level, and a repr of the payload would copy it twice per job (70 MB for a
+    50 MB video) and put it in the log whenever DEBUG is on."""
 
+    def __repr__(self) -> str:
+        video = self.get("video")
+        if not isinstance(video, str):
+            return super().__repr__()
+        return repr({**self, "video": f"<{len(video)} base64 characters>"})
 
-def encode_releasing(video: bytes | bytearray) -> str:
-    """Base64 text of ``video``. A bytearray is emptied once encoded, so that the raw bytes, the encoded
-    pieces and the final text are never all in memory at once (peak about 2.7 x the video, not 3.7 x)."""
-    view = memoryview(video)
-    pieces = [
-        base64.b64encode(view[i : i + ENCODE_CHUNK]).decode("ascii")
-        for i in range(0, len(video), ENCODE_CHUNK)
-    ]
-    view.release()
-    if isinstance(video, bytearray):
-        video.clear()
-    return "".join(pieces)
+    __str__ = __repr__
 
 
 def upload(
@@ -155,10 +186,3 @@ def upload(
         ) from exc
     log.info("job %s: video uploaded to bucket %s as %s", job_id, target.bucket, key)
     return {"video_url": url, "bucket_key": key}
-
-
-def deliver(video: bytes | bytearray, *, mode: str, job_id: str, settings: Settings) -> dict[str, Any]:
-    """``mode`` is the resolved output mode (see :func:`resolve_output_mode`)."""
-    if mode == "url":
-        return upload(video, job_id=job_id, settings=settings)
-    return inline(video, settings)

@@ -165,33 +165,31 @@ async def run_job(run: JobRun) -> dict[str, Any]:
 
     run.progress.stage("delivering")
     started = time.monotonic()
-    video = await asyncio.to_thread(fetch_video, run, outcome)
-    size = len(video)  # delivery may release the buffer
-    delivered = await asyncio.to_thread(
-        deliver.deliver, video, mode=output_mode, job_id=run.job_id, settings=run.settings
-    )
+    delivered, size = await asyncio.to_thread(deliver_video, run, find_video(outcome), output_mode)
     run.timed("deliver", started)
     run.timed("total", run.started)
     run.finished = True
     log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], size)
-    return {
-        **delivered,
-        "mime_type": deliver.MIME_TYPE,
-        "mode": job.mode,
-        "seed": job.seed,
-        "width": job.width,
-        "height": job.height,
-        "length": job.length,
-        "fps": job.fps,
-        "steps": job.steps,
-        "high_noise_steps": job.high_noise_steps,
-        "cfg": job.cfg,
-        "lightning": job.lightning,
-        "adjustments": [a.model_dump() for a in job.adjustments],
-        "size_bytes": size,
-        "cached_nodes": outcome.cached_nodes,
-        "timings": run.timings,
-    }
+    return deliver.JobResult(
+        {
+            **delivered,
+            "mime_type": deliver.MIME_TYPE,
+            "mode": job.mode,
+            "seed": job.seed,
+            "width": job.width,
+            "height": job.height,
+            "length": job.length,
+            "fps": job.fps,
+            "steps": job.steps,
+            "high_noise_steps": job.high_noise_steps,
+            "cfg": job.cfg,
+            "lightning": job.lightning,
+            "adjustments": [a.model_dump() for a in job.adjustments],
+            "size_bytes": size,
+            "cached_nodes": outcome.cached_nodes,
+            "timings": run.timings,
+        }
+    )
 
 
 def validate(run: JobRun) -> JobInput:
@@ -278,16 +276,28 @@ def execute(run: JobRun, bound: graph.Graph, job: JobInput) -> Outcome:
     return outcome
 
 
-def fetch_video(run: JobRun, outcome: Outcome) -> bytes | bytearray:
+def find_video(outcome: Outcome) -> OutputFile:
     videos = [o for o in outcome.outputs if o.node_id == graph.OUTPUT_NODE] or [
         o for o in outcome.outputs if o.filename.lower().endswith(".mp4")
     ]
     if not videos:
         raise NoOutput("ComfyUI finished without writing a video; its log may say why")
-    data = run.client.fetch_output(videos[0])
-    if not data:
-        raise NoOutput(f"ComfyUI's video {videos[0].filename!r} is empty")
-    return data
+    return videos[0]
+
+
+def deliver_video(run: JobRun, video: OutputFile, mode: str) -> tuple[dict[str, Any], int]:
+    """Read the video from ComfyUI and hand it over (blocking; runs in a thread): encoded to base64 while it
+    streams in, or read whole and uploaded to the bucket. Returns the delivered fields and the video's size."""
+    empty = NoOutput(f"ComfyUI's video {video.filename!r} is empty")
+    if mode == "url":
+        data = run.client.fetch_output(video)
+        if not data:
+            raise empty
+        return deliver.upload(data, job_id=run.job_id, settings=run.settings), len(data)
+    encoder = deliver.InlineEncoder(run.settings)
+    if not run.client.read_output(video, encoder):
+        raise empty
+    return encoder.result(), encoder.size
 
 
 def stop_comfy(run: JobRun) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import os
 from collections.abc import Iterator
 
 import boto3
@@ -11,7 +14,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from worker.config import Settings
-from worker.deliver import bucket_target, deliver, inline, resolve_output_mode, upload
+from worker.deliver import InlineEncoder, JobResult, bucket_target, resolve_output_mode, upload
 from worker.errors import InvalidInput, OutputTooLarge, UploadFailed
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
@@ -53,21 +56,78 @@ def test_output_mode_resolution() -> None:
     assert resolve_output_mode("base64", configured) == "base64"
 
 
+def encode(data: bytes, chunks: list[int], settings: Settings | None = None) -> str:
+    encoder = InlineEncoder(settings or Settings.from_env({}))
+    encoder.expect(len(data))
+    view, at = memoryview(data), 0
+    for size in chunks:
+        encoder.write(view[at : at + size])
+        at += size
+    encoder.write(view[at:])
+    assert encoder.size == len(data)
+    return str(encoder.result()["video"])
+
+
 def test_inline_within_the_limit_round_trips() -> None:
-    out = inline(VIDEO, Settings.from_env({}))
-    assert base64.b64decode(out["video"]) == VIDEO
+    assert base64.b64decode(encode(VIDEO, [])) == VIDEO
 
 
-def test_inline_over_the_limit_is_refused_with_advice() -> None:
+@pytest.mark.parametrize("chunks", [[], [3, 3, 3], [1], [2, 1], [1, 1, 1, 1], [5, 7, 11, 2], [4096, 1]])
+def test_streamed_encoding_matches_one_pass_whatever_the_chunk_sizes(chunks: list[int]) -> None:
+    data = os.urandom(10_000)
+    assert encode(data, chunks) == base64.b64encode(data).decode("ascii")
+    for size in (0, 1, 2, 3, 4):
+        assert encode(data[:size], [1] * size) == base64.b64encode(data[:size]).decode("ascii")
+
+
+def test_inline_over_the_limit_is_refused_with_advice_before_reading() -> None:
     settings = Settings.from_env({"INLINE_OUTPUT_MAX_MB": "0.01"})
     with pytest.raises(OutputTooLarge, match=r"INLINE_OUTPUT_MAX_MB.*bucket") as info:
-        inline(VIDEO, settings)
+        InlineEncoder(settings).expect(len(VIDEO))
     assert info.value.to_result()["error"].startswith("output_too_large: ")
+
+
+def test_inline_over_the_limit_is_refused_while_streaming_when_no_size_was_announced() -> None:
+    encoder = InlineEncoder(Settings.from_env({"INLINE_OUTPUT_MAX_MB": "0.01"}))
+    encoder.expect(None)
+    encoder.write(memoryview(VIDEO[:6000]))
+    with pytest.raises(OutputTooLarge):
+        encoder.write(memoryview(VIDEO[6000:]))
+
+
+def test_result_repr_stands_in_for_the_video() -> None:
+    video = base64.b64encode(os.urandom(30_000)).decode("ascii")
+    result = JobResult({"video": video, "seed": 7})
+    for text in (repr(result), str(result), f"{result}", f"{ {'output': result} }"):
+        assert video[:40] not in text and "<40000 base64 characters>" in text and "'seed': 7" in text
+    assert json.loads(json.dumps(result)) == {"video": video, "seed": 7}
+    assert repr(JobResult({"video_url": "u"})) == repr({"video_url": "u"})
+
+
+def test_sdk_debug_logging_never_writes_the_video(capsys: pytest.CaptureFixture[str]) -> None:
+    """runpod's run_job formats the handler's output into DEBUG lines; with DEBUG on, no payload is logged."""
+    from runpod.serverless.modules import rp_job
+
+    video = base64.b64encode(os.urandom(30_000)).decode("ascii")
+
+    async def handler(job: dict[str, object]) -> dict[str, object]:
+        return JobResult({"video": video, "size_bytes": 30_000})
+
+    level = rp_job.log.level
+    rp_job.log.set_level("DEBUG")
+    try:
+        result = asyncio.run(rp_job.run_job(handler, {"id": "j1", "input": {}}))
+    finally:
+        rp_job.log.set_level(level)
+    logged = capsys.readouterr()
+    assert "<40000 base64 characters>" in logged.out + logged.err
+    assert video[:40] not in logged.out + logged.err
+    assert result["output"]["video"] == video
 
 
 def test_upload_to_the_bucket_returns_a_working_url(s3_endpoint: str) -> None:
     settings = bucket_settings(s3_endpoint)
-    out = deliver(VIDEO, mode="url", job_id="job/1 2", settings=settings)
+    out = upload(VIDEO, job_id="job/1 2", settings=settings)
     assert out["bucket_key"].startswith("wan-worker/") and out["bucket_key"].endswith("job_1_2.mp4")
     response = requests.get(out["video_url"], timeout=10)
     assert response.status_code == 200 and response.content == VIDEO
@@ -105,16 +165,3 @@ def test_bucket_target_conventions(endpoint: str, name: str, expected: tuple[str
         env["BUCKET_NAME"] = name
     target = bucket_target(Settings.from_env(env))
     assert (target.endpoint_url, target.bucket) == expected
-
-
-def test_chunked_encoding_matches_one_pass_and_releases_the_buffer() -> None:
-    import os
-
-    from worker.deliver import ENCODE_CHUNK, encode_releasing
-
-    for size in (0, 1, 2, 3, ENCODE_CHUNK - 1, ENCODE_CHUNK, ENCODE_CHUNK + 1, 2 * ENCODE_CHUNK + 2):
-        data = os.urandom(size)
-        buffer = bytearray(data)
-        assert encode_releasing(buffer) == base64.b64encode(data).decode("ascii"), size
-        assert len(buffer) == 0
-    assert encode_releasing(b"abc") == "YWJj"
