@@ -53,7 +53,9 @@ def test_fetch_output_returns_the_whole_file(server: LocalServer) -> None:
 
 
 def test_a_truncated_body_is_no_output(server: LocalServer) -> None:
-    server.routes["/view"] = Route(body=b"x" * 1000, headers={"Content-Length": "5000", "Connection": "close"})
+    server.routes["/view"] = Route(
+        body=b"x" * 1000, headers={"Content-Length": "5000", "Connection": "close"}
+    )
     with pytest.raises(NoOutput, match=r"wan_00001\.mp4"):
         ComfyClient(server.url(""), timeout_s=5).read_output(VIDEO, Recorder())
 
