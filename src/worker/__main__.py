@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import SettingsError
     from .handler import current_settings, handler
+    from .memory import retain_freed_memory
 
     try:
-        current_settings()
+        settings = current_settings()
     except SettingsError as exc:
         print(f"wan-worker: invalid setting: {exc}", file=sys.stderr)
         return 2
+    retain_freed_memory(settings.retain_freed_memory_mb * 1024 * 1024)
 
     sys.argv = [sys.argv[0], *args]
     runpod.serverless.start({"handler": handler})

@@ -131,6 +131,9 @@ class Settings:
     # RunPod
     progress_updates: bool = False
 
+    # Process
+    retain_freed_memory_mb: int = 512
+
     @property
     def comfy_url(self) -> str:
         host = self.comfy_host
@@ -180,4 +183,5 @@ class Settings:
             civitai_token=_str(e, "CIVITAI_TOKEN"),
             model_lock_timeout_s=_float(e, "MODEL_LOCK_TIMEOUT_S", 3 * 3600.0, minimum=1.0),
             progress_updates=_bool(e, "PROGRESS_UPDATES", bool(_str(e, "RUNPOD_WEBHOOK_POST_OUTPUT"))),
+            retain_freed_memory_mb=_int(e, "RETAIN_FREED_MEMORY_MB", 512),
         )

@@ -7,7 +7,7 @@ the base64 text that travels) is refused with advice instead of being lost.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import datetime as dt
 import logging
 import re
@@ -100,19 +100,22 @@ def object_key(job_id: str) -> str:
 
 
 class InlineEncoder:
-    """An output sink that encodes the video to base64 as it arrives, chunk by chunk, so that the raw video is
-    never held whole: the pieces and the final text are the only copies (peak about 2.7 x the video). A video
-    larger than ``INLINE_OUTPUT_MAX_MB`` (counted as base64) is refused as soon as its size is known."""
+    """An output sink that encodes the video to base64 as it arrives, chunk by chunk, into one buffer of the
+    encoded size, so that the raw video is never held whole: that buffer and the final text are the only big
+    blocks (peak about 2.7 x the video), the same two sizes job after job. A video larger than
+    ``INLINE_OUTPUT_MAX_MB`` (counted as base64) is refused as soon as its size is known."""
 
     def __init__(self, settings: Settings):
         self.limit_mb = settings.inline_output_max_mb
         self.size = 0
-        self._pieces: list[str] = []
+        self._text = bytearray()
+        self._filled = 0
         self._carry = b""
 
     def expect(self, size: int | None) -> None:
         if size is not None:
             self._check(size)
+            self._text = bytearray(encoded_length(size))
 
     def write(self, chunk: memoryview) -> None:
         self.size += len(chunk)
@@ -123,30 +126,42 @@ class InlineEncoder:
             if len(head) < 3:
                 self._carry = head
                 return
-            self._pieces.append(base64.b64encode(head).decode("ascii"))
+            self._put(head)
         whole = len(chunk) - len(chunk) % 3
         if whole:
-            self._pieces.append(base64.b64encode(chunk[:whole]).decode("ascii"))
+            self._put(chunk[:whole])
         self._carry = bytes(chunk[whole:])
 
     def result(self) -> dict[str, Any]:
-        """``{"video": <base64 text>}``; the pieces are released as they are joined."""
-        pieces, self._pieces = self._pieces, []
+        """``{"video": <base64 text>}``; the encoding buffer is released once the text is made."""
         if self._carry:
-            pieces.append(base64.b64encode(self._carry).decode("ascii"))
+            self._put(self._carry)
             self._carry = b""
-        return {"video": "".join(pieces)}
+        text, self._text = self._text, bytearray()
+        if len(text) != self._filled:
+            del text[self._filled :]
+        return {"video": text.decode("ascii")}
+
+    def _put(self, data: bytes | memoryview) -> None:
+        encoded = binascii.b2a_base64(data, newline=False)
+        end = self._filled + len(encoded)
+        self._text[self._filled : end] = encoded
+        self._filled = end
 
     def _check(self, size: int) -> None:
-        encoded_size = 4 * ((size + 2) // 3)
+        encoded_size = encoded_length(size)
         if encoded_size > int(self.limit_mb * 1024 * 1024):
             raise OutputTooLarge(
-                f"the video is {size / 1e6:.1f} MB ({encoded_size / 1e6:.1f} MB as base64), more than the inline "
-                f"limit of {self.limit_mb:g} MB (INLINE_OUTPUT_MAX_MB); configure a bucket (BUCKET_ENDPOINT_URL, "
-                "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) and use output 'url', or ask for a shorter or "
-                "smaller video",
+                f"the video is {size / 1e6:.1f} MB ({encoded_size / 1e6:.1f} MB as base64), more than the "
+                f"inline limit of {self.limit_mb:g} MB (INLINE_OUTPUT_MAX_MB); configure a bucket "
+                "(BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) and use output 'url', "
+                "or ask for a shorter or smaller video",
                 details=[{"size_bytes": size, "limit_mb": self.limit_mb}],
             )
+
+
+def encoded_length(size: int) -> int:
+    return 4 * ((size + 2) // 3)
 
 
 class JobResult(dict[str, Any]):

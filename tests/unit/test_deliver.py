@@ -56,9 +56,9 @@ def test_output_mode_resolution() -> None:
     assert resolve_output_mode("base64", configured) == "base64"
 
 
-def encode(data: bytes, chunks: list[int], settings: Settings | None = None) -> str:
-    encoder = InlineEncoder(settings or Settings.from_env({}))
-    encoder.expect(len(data))
+def encode(data: bytes, chunks: list[int], *, announced: bool = True) -> str:
+    encoder = InlineEncoder(Settings.from_env({}))
+    encoder.expect(len(data) if announced else None)
     view, at = memoryview(data), 0
     for size in chunks:
         encoder.write(view[at : at + size])
@@ -76,6 +76,7 @@ def test_inline_within_the_limit_round_trips() -> None:
 def test_streamed_encoding_matches_one_pass_whatever_the_chunk_sizes(chunks: list[int]) -> None:
     data = os.urandom(10_000)
     assert encode(data, chunks) == base64.b64encode(data).decode("ascii")
+    assert encode(data, chunks, announced=False) == base64.b64encode(data).decode("ascii")
     for size in (0, 1, 2, 3, 4):
         assert encode(data[:size], [1] * size) == base64.b64encode(data[:size]).decode("ascii")
 
