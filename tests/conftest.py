@@ -1,4 +1,5 @@
-"""Fixtures shared by the handler-level tests: one emulator per module, settings pointed at it."""
+"""Fixtures shared by the handler-level tests (one emulator per module, settings pointed at it), and the order
+in which pytest-xdist hands test files to its processes."""
 
 from __future__ import annotations
 
@@ -27,3 +28,22 @@ def settings(emulator: Emulator, tmp_path: Path) -> Settings:
     return settings_for(
         emulator.url, tmp_path, COMFY_INPUT_DIR=emulator.input_dir, COMFY_OUTPUT_DIR=emulator.output_dir
     )
+
+
+LONGEST_FIRST = (
+    "tests/faults/test_load.py",
+    "tests/faults/test_hostile_input.py",
+    "tests/e2e/",
+    "tests/container/test_start_sh_e2e.py",
+    "tests/client/test_local_api.py",
+)
+"""Files that take the longest, started first so that the rest of the suite fills in around them."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        ranks = [i for i, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)]
+        return ranks[0] if ranks else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each file is kept

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,24 +28,31 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def temp_files() -> set[str]:
-    return set(os.listdir(tempfile.gettempdir()))
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator, LocalApi]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator, LocalApi, Path]]:
     with Emulator() as emu:
         logs = tmp_path_factory.mktemp("load")
-        env = worker_env(emu.url, logs, COMFY_INPUT_DIR=emu.input_dir, COMFY_OUTPUT_DIR=emu.output_dir)
+        worker_tmp = tmp_path_factory.mktemp("load-tmp")  # the worker's own temporary folder (TMPDIR)
+        env = worker_env(
+            emu.url,
+            logs,
+            COMFY_INPUT_DIR=emu.input_dir,
+            COMFY_OUTPUT_DIR=emu.output_dir,
+            TMPDIR=str(worker_tmp),
+        )
         api = LocalApi(env, cwd=logs, log_path=logs / "worker.log")
         try:
-            yield emu, api
+            yield emu, api, worker_tmp
         finally:
             api.stop()
 
 
-def test_two_hundred_jobs_leak_nothing(setup: tuple[Emulator, LocalApi]) -> None:
-    emu, api = setup
+def test_two_hundred_jobs_leak_nothing(setup: tuple[Emulator, LocalApi, Path]) -> None:
+    emu, api, worker_tmp = setup
+
+    def temp_files() -> set[str]:
+        return set(os.listdir(worker_tmp))
+
     job = {"prompt": "p", "image_base64": START, "width": 128, "height": 128, "length": 5}
     for _ in range(20):  # warm up: imports, pools, caches
         assert api.runsync(job)["status"] == "COMPLETED"
@@ -63,7 +69,7 @@ def test_two_hundred_jobs_leak_nothing(setup: tuple[Emulator, LocalApi]) -> None
     )
     assert fds_after <= fds_before + 2
     assert rss_after <= rss_before + 25
-    assert not [n for n in new_tmp if n.startswith(("wan_", "tmp"))]
+    assert not new_tmp
     state = emu.state()
     assert state["running"] is None and state["queue_pending"] == []
     assert len(state["history_ids"]) == 0
