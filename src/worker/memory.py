@@ -1,6 +1,6 @@
 """Keep the memory a job freed for the next job, instead of handing it back to the kernel at once.
 
-A job moves its video through buffers of the video's size: the base64 pieces, the base64 text, the SDK's JSON.
+A job moves its video through buffers of the video's size: the base64 buffer, the base64 text, the SDK's JSON.
 glibc serves blocks that large with ``mmap`` and unmaps them when they are freed, so every job faults each of
 those pages in anew and the kernel zeroes each one: for a 50 MB video some 50,000 page faults per job, which
 cost more than the encoding itself (on virtual machines whose host reclaims freed memory, many times more).
