@@ -3,11 +3,14 @@
 It knows nothing of Wan, models or volumes; every network call has a timeout. The calls are blocking: the
 async handler runs them in threads, and cancels a watch by closing its socket (:meth:`Watch.abort`).
 
-The protocol facts (recorded from ComfyUI v0.3.64): a prompt is queued with ``POST /prompt`` (400 with
+The protocol facts (recorded from ComfyUI v0.33.0): a prompt is queued with ``POST /prompt`` (400 with
 ``node_errors`` when the graph is refused); the WebSocket ``/ws?clientId=`` carries ``execution_start``,
-``execution_cached``, ``executing``, ``progress``, ``executed`` and ends a prompt with ``execution_success``,
-``execution_error`` or ``execution_interrupted`` and then ``executing`` with ``node: null``; ``/history/<id>``
-holds the outputs either way; files leave through ``GET /view``.
+``execution_cached``, ``executing``, ``progress``, ``executed`` (with each output node's files) and ends a
+prompt with ``execution_success``, ``execution_error`` or ``execution_interrupted``, then ``status``, then
+``executing`` with ``node: null``. ``execution_success`` is sent *before* ComfyUI writes the prompt to
+``/history``; only ``executing`` with ``node: null`` comes after the entry exists. So a prompt's end is that
+message, and its outputs are the history entry's, or else those its ``executed`` messages named. Files leave
+through ``GET /view``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class Outcome:
     outputs: list[OutputFile] = field(default_factory=list)
     cached_nodes: list[str] = field(default_factory=list)
     reconnected: bool = False
+    executed: dict[str, Any] = field(default_factory=dict)
+    """Each output node's ``output`` as its ``executed`` message gave it."""
 
 
 class ComfyClient:
@@ -454,6 +459,8 @@ class Watch:
             on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0)))
         elif kind == "execution_cached" and ours:
             outcome.cached_nodes.extend(str(n) for n in data.get("nodes") or [])
+        elif kind == "executed" and ours and isinstance(data.get("output"), dict):
+            outcome.executed[str(data.get("node"))] = data["output"]
         elif kind == "execution_error" and ours:
             raise execution_error(data)
         elif kind == "execution_interrupted" and ours:
@@ -463,10 +470,8 @@ class Watch:
                 f"ComfyUI's run was interrupted at node {data.get('node_id')!r} ({data.get('node_type')})",
                 details=[{"node_id": data.get("node_id"), "node_type": data.get("node_type")}],
             )
-        elif (kind == "execution_success" and ours) or (
-            kind == "executing" and ours and data.get("node") is None
-        ):
-            return True
+        elif kind == "executing" and ours and data.get("node") is None:
+            return True  # sent after the history entry is written; execution_success comes before it
         return False
 
     def _settled_from_history(self, prompt_id: str, outcome: Outcome) -> bool:
@@ -488,10 +493,12 @@ class Watch:
         return True
 
     def _collect_outputs(self, prompt_id: str, outcome: Outcome) -> None:
+        """The history entry's outputs; those the ``executed`` messages named when it has none."""
         entry = self.client.history(prompt_id)
-        if entry is None:
+        outputs = (entry or {}).get("outputs") or outcome.executed
+        if entry is None and not outputs:
             raise NoOutput("ComfyUI finished the prompt but has no history entry for it")
-        outcome.outputs = parse_outputs(entry.get("outputs") or {})
+        outcome.outputs = parse_outputs(outputs)
 
 
 def execution_error(data: dict[str, Any]) -> ComfyExecutionError:
