@@ -203,6 +203,9 @@ def _context_windows(graph: Graph, job: JobInput, expert: str, tail: str) -> str
             "context_stride": 1,
             "closed_loop": False,
             "fuse_method": "pyramid",
+            "freenoise": bool(job.context_freenoise),
+            "retain_first_frame": bool(job.context_retain_first_frame),
+            "split_conds_to_windows": False,
         },
         "_meta": {"title": f"Context windows ({expert})"},
     }

@@ -155,6 +155,8 @@ class JobInput(BaseModel):
     shift: float = Field(default=5.0, ge=0.0, le=100.0, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=-1, le=MAX_SEED)
     context_overlap: int = Field(default=48, ge=0, le=CONTEXT_WINDOW - 1)
+    context_freenoise: bool = True
+    context_retain_first_frame: bool = False
     lightning: bool = True
     lora_pairs: list[LoraPair] = Field(default_factory=list, max_length=MAX_LORA_PAIRS)
 

@@ -151,7 +151,7 @@ def test_job_options_map_to_the_contract() -> None:
             "generate", "--url", "http://x", "--image", "a.png", "--prompt", "p", "-o", "o.mp4",
             "--no-lightning", "--steps", "20", "--cfg", "3.5", "--shift", "8", "--fps", "24",
             "--negative-prompt", "blur", "--output-mode", "url", "--high-noise-steps", "8",
-            "--context-overlap", "16", "--height", "480",
+            "--context-overlap", "16", "--height", "480", "--no-freenoise", "--retain-first-frame",
             "--lora", "style_high.safetensors,style_low.safetensors,0.7,0.5",
             "--lora", "https://example.com/m_high.safetensors,,0.8",
             "--set", "high_model=my high.safetensors", "--set", "seed=-1",
@@ -167,6 +167,8 @@ def test_job_options_map_to_the_contract() -> None:
         "cfg": 3.5,
         "shift": 8.0,
         "context_overlap": 16,
+        "context_freenoise": False,
+        "context_retain_first_frame": True,
         "lightning": False,
         "lora_pairs": [
             {

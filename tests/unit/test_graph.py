@@ -161,8 +161,17 @@ def test_long_video_adds_context_windows() -> None:
         node = g[f"context_{expert}"]
         assert node["class_type"] == "WanContextWindowsManual"
         assert node["inputs"]["context_length"] == 81 and node["inputs"]["context_overlap"] == 32
+        assert node["inputs"]["freenoise"] is True and node["inputs"]["retain_first_frame"] is False
+        assert node["inputs"]["split_conds_to_windows"] is False
         assert upstream(g, f"sampler_{expert}")[:2] == [f"context_{expert}", f"shift_{expert}"]
     assert "context_high" not in make(length=81)
+
+
+def test_context_window_options_reach_both_windows() -> None:
+    g = make(length=85, context_freenoise=False, context_retain_first_frame=True)
+    for expert in ("high", "low"):
+        inputs = g[f"context_{expert}"]["inputs"]
+        assert (inputs["freenoise"], inputs["retain_first_frame"]) == (False, True)
 
 
 def test_clip_vision_nodes_only_when_named() -> None:

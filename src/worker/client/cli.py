@@ -103,6 +103,20 @@ def _job_options() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, help="seed (default random; the result says which)")
     group.add_argument("--context-overlap", type=int, help="frames shared by context windows (default 48)")
     group.add_argument(
+        "--no-freenoise",
+        dest="context_freenoise",
+        action="store_false",
+        default=None,
+        help="context windows without FreeNoise noise shuffling",
+    )
+    group.add_argument(
+        "--retain-first-frame",
+        dest="context_retain_first_frame",
+        action="store_true",
+        default=None,
+        help="keep the start image in every context window (long I2V videos)",
+    )
+    group.add_argument(
         "--no-lightning", dest="lightning", action="store_false", default=None, help="without Lightning LoRAs"
     )
     group.add_argument(
@@ -180,6 +194,8 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
         "shift": args.shift,
         "seed": args.seed,
         "context_overlap": args.context_overlap,
+        "context_freenoise": args.context_freenoise,
+        "context_retain_first_frame": args.context_retain_first_frame,
         "lightning": args.lightning,
         "lora_pairs": args.lora or None,
         "output": args.output_mode,
