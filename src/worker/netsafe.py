@@ -16,6 +16,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.models import REDIRECT_STATI
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -190,11 +191,15 @@ def open_checked(
             extra_check(current)
         headers = dict(headers_for(current)) if headers_for else {}
         response = session.get(current, headers=headers, stream=True, timeout=timeout, allow_redirects=False)
-        if response.is_redirect:
-            location = response.headers.get("location", "")
+        if response.status_code in REDIRECT_STATI:
+            location = response.headers.get("location", "").strip()
             response.close()
             if not location:
-                break
+                raise UrlNotAllowed(
+                    f"{field}: {redact_url(current)} answered {response.status_code} redirect without a "
+                    "Location header; give the file's direct URL instead",
+                    details=[{"field": field, "url": redact_url(current)}],
+                )
             current = urljoin(current, location)
             continue
         return response
