@@ -1,8 +1,11 @@
-"""Progress updates to RunPod: the stage, and step/steps while sampling.
+"""Progress updates to RunPod: the stage, step/steps while sampling, bytes while downloading a model.
 
 ``runpod.serverless.progress_update`` is fire-and-forget on its own thread and connection, so updates sent
-back to back can arrive out of order, even after the result. The reporter sends at most a few per second and
-nothing once the job is delivering its result.
+back to back can arrive out of order, even after the result. One background thread per job sends them, at
+most one per ``min_interval_s``. An update that comes sooner waits for its turn, and is never dropped: while
+it waits, a newer update of the same stage takes its place (the latest step or byte count wins), and an update
+of another stage queues behind it, so that every stage is sent, in order. ``close()`` discards whatever still
+waits: the result is on its way.
 """
 
 from __future__ import annotations
@@ -35,42 +38,78 @@ class ProgressReporter:
         min_interval_s: float = 0.5,
         sender: Sender = runpod_sender,
         clock: Callable[[], float] = time.monotonic,
+        close_timeout_s: float = 0.5,
     ) -> None:
         self.job = job
         self.enabled = enabled
         self.min_interval_s = min_interval_s
         self.sender = sender
         self.clock = clock
-        self._lock = threading.Lock()
+        self.close_timeout_s = close_timeout_s
+        self.stage_name = ""
+        self._wake = threading.Condition()
+        self._pending: list[dict[str, Any]] = []
         self._last_sent = float("-inf")
         self._closed = False
-        self.stage_name = ""
-        self.sent: list[dict[str, Any]] = []
+        self._thread: threading.Thread | None = None
 
     def stage(self, name: str, **extra: Any) -> None:
         self.stage_name = name
-        self._send({"stage": name, **extra}, force=True)
+        self._post({"stage": name, **extra})
 
     def step(self, value: int, total: int) -> None:
-        self._send({"stage": self.stage_name, "step": value, "steps": total}, force=value >= total)
+        self._post({"stage": self.stage_name, "step": value, "steps": total})
+
+    def download(self, field: str, done: int, total: int | None) -> None:
+        """Bytes of one model download (``field`` names the job's URL field); total and percent when known."""
+        update: dict[str, Any] = {"stage": self.stage_name, "field": field, "bytes": done}
+        if total:
+            update.update(total=total, percent=round(min(100.0, 100 * done / total), 1))
+        self._post(update)
 
     def close(self) -> None:
-        """No update after this: the result is on its way."""
-        with self._lock:
+        """No update after this: the result is on its way. Waits for an update being sent, briefly."""
+        with self._wake:
             self._closed = True
+            self._pending.clear()
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.close_timeout_s)
 
-    def _send(self, update: dict[str, Any], *, force: bool) -> None:
+    def _post(self, update: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self._lock:
-            now = self.clock()
-            if self._closed or (not force and now - self._last_sent < self.min_interval_s):
+        with self._wake:
+            if self._closed:
                 return
-            if force and now - self._last_sent < self.min_interval_s / 4:
-                return
-            self._last_sent = now
-            self.sent.append(update)
-        try:
-            self.sender(self.job, update)
-        except Exception:
-            log.debug("progress update failed", exc_info=True)
+            if self._pending and self._pending[-1]["stage"] == update["stage"]:
+                self._pending[-1] = update
+            else:
+                self._pending.append(update)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while (update := self._next()) is not None:
+            try:
+                self.sender(self.job, update)
+            except Exception:
+                log.debug("progress update failed", exc_info=True)
+
+    def _next(self) -> dict[str, Any] | None:
+        """The next update, once its turn has come; None once closed."""
+        with self._wake:
+            while not self._closed:
+                if not self._pending:
+                    self._wake.wait()
+                    continue
+                wait = self._last_sent + self.min_interval_s - self.clock()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                self._last_sent = self.clock()
+                return self._pending.pop(0)
+            return None

@@ -1,50 +1,161 @@
-"""Progress updates: throttled, stage changes first, nothing after close, never failing the job."""
+"""Progress updates: a few a second, every stage in order, the latest state, nothing after close."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from itertools import groupby, pairwise
 from typing import Any
 
 from worker.progress import ProgressReporter
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+STAGES = ["inputs", "models", "comfyui", "sampling", "delivering"]
 
 
-def reporter(clock: Clock, sent: list[dict[str, Any]], enabled: bool = True) -> ProgressReporter:
-    return ProgressReporter({"id": "j"}, enabled=enabled, sender=lambda job, u: sent.append(u), clock=clock)
+class Recorder:
+    """A sender that keeps what it was given and when."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+        self.calls: list[tuple[float, dict[str, Any]]] = []
+        self.busy = threading.Event()
+
+    def __call__(self, job: dict[str, Any], update: dict[str, Any]) -> None:
+        self.busy.set()
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.calls.append((time.monotonic(), update))
+        self.busy.clear()
+
+    @property
+    def updates(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [update for _, update in self.calls]
+
+    def stages(self) -> list[str]:
+        return [stage for stage, _ in groupby(u["stage"] for u in self.updates)]
+
+    def gaps(self) -> list[float]:
+        with self.lock:
+            times = [t for t, _ in self.calls]
+        return [b - a for a, b in pairwise(times)]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def reporter(recorder: Recorder, interval_s: float, enabled: bool = True) -> ProgressReporter:
+    return ProgressReporter({"id": "j"}, enabled=enabled, min_interval_s=interval_s, sender=recorder)
+
+
+def test_a_fast_job_sends_every_stage_in_order_with_the_latest_state() -> None:
+    sent, interval = Recorder(), 0.1
+    progress = reporter(sent, interval)
+    posted: list[dict[str, Any]] = []
+    progress.stage("inputs")
+    posted.append({"stage": "inputs"})
+    progress.stage("models")
+    for done in (0, 10, 40):
+        progress.download("lora_pairs[0].high_url", done, 40)
+    posted.append(
+        {"stage": "models", "field": "lora_pairs[0].high_url", "bytes": 40, "total": 40, "percent": 100.0}
+    )
+    progress.stage("comfyui")
+    posted.append({"stage": "comfyui"})
+    progress.stage("sampling", step=0, steps=4)
+    for step in range(1, 5):
+        progress.step(step, 4)
+    posted.append({"stage": "sampling", "step": 4, "steps": 4})
+    progress.stage("delivering")
+    posted.append({"stage": "delivering"})
+
+    wait_for(lambda: sent.stages()[-1:] == ["delivering"])
+    time.sleep(2 * interval)
+    progress.close()
+    assert sent.stages() == STAGES
+    last_of_each = {u["stage"]: u for u in sent.updates}
+    assert list(last_of_each.values()) == posted
+    assert len(sent.updates) < 12  # what waited was replaced, not queued
+    assert min(sent.gaps()) >= 0.9 * interval
 
 
 def test_steps_are_throttled_and_the_last_step_is_sent() -> None:
-    clock, sent = Clock(), []
-    progress = reporter(clock, sent)
-    progress.stage("sampling")
-    for step in range(1, 21):
-        clock.now += 0.1
-        progress.step(step, 20)
-    steps = [u["step"] for u in sent if "step" in u]
-    assert sent[0] == {"stage": "sampling"}
-    assert 3 <= len(steps) <= 6 and steps[-1] == 20
-    assert steps == sorted(steps)
-
-
-def test_nothing_after_close_and_nothing_when_disabled() -> None:
-    clock, sent = Clock(), []
-    progress = reporter(clock, sent)
+    sent, interval = Recorder(), 0.1
+    progress = reporter(sent, interval)
+    started = time.monotonic()
+    progress.stage("sampling", step=0, steps=30)
+    for step in range(1, 31):
+        time.sleep(0.01)
+        progress.step(step, 30)
+    wait_for(lambda: sent.updates[-1:] == [{"stage": "sampling", "step": 30, "steps": 30}])
+    elapsed = time.monotonic() - started
     progress.close()
+    steps = [u["step"] for u in sent.updates]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
+    assert len(steps) <= elapsed / interval + 1
+    assert min(sent.gaps()) >= 0.9 * interval
+
+
+def test_close_discards_what_waits_and_nothing_is_sent_after_it() -> None:
+    sent = Recorder(delay_s=0.1)
+    progress = reporter(sent, 0.2)
+    progress.stage("inputs")
+    wait_for(sent.busy.is_set)  # "inputs" is being sent
+    progress.stage("models")
+    progress.stage("comfyui")
+    started = time.monotonic()
+    progress.close()
+    assert time.monotonic() - started < 0.5  # waits for the update in flight only
+    assert sent.updates == [{"stage": "inputs"}]  # sent before close returned; the rest discarded
     progress.stage("delivering")
-    assert sent == []
-    silent: list[dict[str, Any]] = []
-    reporter(clock, silent, enabled=False).stage("inputs")
-    assert silent == []
+    time.sleep(0.4)
+    assert sent.updates == [{"stage": "inputs"}]
 
 
-def test_a_failing_sender_never_raises() -> None:
-    def broken(job: dict[str, Any], update: dict[str, Any]) -> None:
-        raise RuntimeError("network down")
+def test_nothing_when_disabled() -> None:
+    sent = Recorder()
+    progress = reporter(sent, 0.0, enabled=False)
+    progress.stage("inputs")
+    progress.step(1, 4)
+    progress.close()
+    assert sent.updates == [] and progress._thread is None
 
-    ProgressReporter({"id": "j"}, enabled=True, sender=broken).stage("inputs")
+
+def test_a_failing_sender_never_raises_and_later_updates_still_go() -> None:
+    sent = Recorder()
+    calls = []
+
+    def flaky(job: dict[str, Any], update: dict[str, Any]) -> None:
+        calls.append(update)
+        if len(calls) == 1:
+            raise RuntimeError("network down")
+        sent(job, update)
+
+    progress = ProgressReporter({"id": "j"}, enabled=True, min_interval_s=0.01, sender=flaky)
+    progress.stage("inputs")
+    wait_for(lambda: len(calls) == 1)
+    progress.stage("models")
+    wait_for(lambda: sent.updates == [{"stage": "models"}])
+    progress.close()
+
+
+def test_download_updates_name_the_field_and_the_share_done() -> None:
+    sent = Recorder()
+    progress = reporter(sent, 0.01)
+    progress.stage("models")
+    wait_for(lambda: len(sent.updates) == 1)
+    progress.download("high_model_url", 5, 40)
+    wait_for(lambda: len(sent.updates) == 2)
+    progress.download("vae_url", 7, None)
+    wait_for(lambda: len(sent.updates) == 3)
+    progress.close()
+    assert sent.updates[1:] == [
+        {"stage": "models", "field": "high_model_url", "bytes": 5, "total": 40, "percent": 12.5},
+        {"stage": "models", "field": "vae_url", "bytes": 7},
+    ]
