@@ -31,7 +31,7 @@ from .errors import (
     NoOutput,
     WorkerError,
 )
-from .progress import ProgressReporter
+from .progress import ProgressReporter, Sender, runpod_sender
 from .schema import JobInput, describe_errors, parse_job_input
 
 log = logging.getLogger("worker.handler")
@@ -79,15 +79,20 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     return await handle(job, current_settings())
 
 
-async def handle(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """One job with the given settings: a result dict, or the error shape; never raises but on cancel."""
+async def handle(
+    job: dict[str, Any], settings: Settings, *, sender: Sender = runpod_sender
+) -> dict[str, Any]:
+    """One job with the given settings: a result dict, or the error shape; never raises but on cancel.
+
+    ``sender`` delivers progress updates (RunPod's ``progress_update``; tests pass their own).
+    """
     job_id = str(job.get("id") or "local")
     run = JobRun(
         job=job,
         settings=settings,
         job_id=job_id,
         client=comfy_client(settings.comfy_url, settings.http_timeout_s),
-        progress=ProgressReporter(job, enabled=settings.progress_updates),
+        progress=ProgressReporter(job, enabled=settings.progress_updates, sender=sender),
     )
     try:
         return await run_job(run)
@@ -137,7 +142,12 @@ async def run_job(run: JobRun) -> dict[str, Any]:
     run.progress.stage("models")
     started = time.monotonic()
     files = await asyncio.to_thread(
-        jobmodels.resolve, job, run.settings, job_id=run.job_id, cancel=run.cancel
+        jobmodels.resolve,
+        job,
+        run.settings,
+        job_id=run.job_id,
+        on_progress=run.progress.download,
+        cancel=run.cancel,
     )
     run.timed("models", started)
 

@@ -1,13 +1,21 @@
-"""Progress updates: a few a second, every stage in order, the latest state, nothing after close."""
+"""Progress updates: a few a second, every stage in order, the latest state, nothing after close; and the
+bytes of a job's model download, end to end through the handler."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from itertools import groupby, pairwise
 from typing import Any
 
+from tests.emulator import Emulator
+from tests.models.fileserver import FileServer, model_bytes
+from tests.support.images import data_uri, image_bytes
+from tests.support.settings import settings_for
+from worker.config import Settings
+from worker.handler import handle
 from worker.progress import ProgressReporter
 
 STAGES = ["inputs", "models", "comfyui", "sampling", "delivering"]
@@ -159,3 +167,57 @@ def test_download_updates_name_the_field_and_the_share_done() -> None:
         {"stage": "models", "field": "high_model_url", "bytes": 5, "total": 40, "percent": 12.5},
         {"stage": "models", "field": "vae_url", "bytes": 7},
     ]
+
+
+# -- through the handler -----------------------------------------------------------------------------------
+
+
+SIZE = 1_600_000
+RATE = 800_000  # bytes a second: a download of about two seconds, long enough for two progress reports
+
+
+def test_a_model_download_reports_its_bytes_to_the_client(emulator: Emulator, settings: Settings) -> None:
+    local = settings_for(
+        emulator.url,
+        settings.volume_root,
+        COMFY_INPUT_DIR=emulator.input_dir,
+        COMFY_OUTPUT_DIR=emulator.output_dir,
+        PROGRESS_UPDATES="true",
+        ALLOW_HTTP_MODEL_URLS="true",
+        ALLOW_PRIVATE_URLS="true",
+        ALLOWED_MODEL_HOSTS="127.0.0.1",
+        DOWNLOAD_CONNECTIONS="1",
+    )
+    loras = settings.volume_root / "loras"
+    emulator.configure(model_dirs={"loras": [str(loras)]})
+    sent = Recorder()
+    try:
+        with FileServer() as server:
+            url = server.add("/style_high.safetensors", model_bytes(SIZE), throttle_bps=RATE)
+            job = {
+                "id": "job-progress",
+                "input": {
+                    "prompt": "p",
+                    "image_base64": data_uri(image_bytes()),
+                    "width": 128,
+                    "height": 128,
+                    "length": 9,
+                    "lora_pairs": [{"high_url": url}],
+                },
+            }
+            result = asyncio.run(handle(job, local, sender=sent))
+    finally:
+        emulator.configure(model_dirs={})
+    assert "error" not in result, result
+    assert (loras / "style_high.safetensors").stat().st_size == SIZE
+
+    stages = sent.stages()
+    assert stages == STAGES[: len(stages)] and stages[:2] == ["inputs", "models"]
+    downloads = [u for u in sent.updates if "field" in u]
+    assert len(downloads) >= 2
+    for update in downloads:
+        assert update["stage"] == "models" and update["field"] == "lora_pairs[0].high_url"
+        assert update["total"] == SIZE and update["percent"] == round(100 * update["bytes"] / SIZE, 1)
+    assert [u["bytes"] for u in downloads] == sorted(u["bytes"] for u in downloads)
+    assert downloads[-1]["bytes"] > 0
+    assert min(sent.gaps()) >= 0.45  # the handler's reporter: at most two a second
