@@ -1,11 +1,13 @@
-"""``python -m worker``: the RunPod worker, plus the ``schema`` and ``models`` commands.
+"""``python -m worker``: the RunPod worker, plus the ``schema``, ``models`` and ``settings`` commands.
 
 - ``python -m worker [runpod flags]`` starts the worker; runpod's own flags pass through
   (``--rp_serve_api``, ``--rp_api_host``, ``--rp_api_port``, ``--test_input``, ``--rp_log_level`` ...). With no
   RunPod job API in the environment and a ``test_input.json`` in the current folder, it runs that one job and
   exits 0 on success, 1 on failure.
-- ``python -m worker schema`` prints the JSON schema of a job's ``input``.
+- ``python -m worker schema`` prints the JSON schema of a job's ``input`` (``--markdown``: the README's tables).
 - ``python -m worker models ensure|status|verify`` manages the model files on the volume.
+- ``python -m worker settings [--write]`` prints (or writes into README.md and .runpod/hub.json) the settings'
+  documentation, generated from :mod:`worker.config`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,6 @@ import json
 import logging
 import os
 import sys
-
-
-def _configure_logging() -> None:
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _quiet_sdk_logs(args: list[str]) -> None:
@@ -37,12 +30,30 @@ def _quiet_sdk_logs(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["schema", "--markdown"]:
+        from .inputdoc import input_tables
+
+        print(input_tables())
+        return 0
     if args[:1] == ["schema"]:
         from .schema import input_json_schema
 
         print(json.dumps(input_json_schema(), indent=2, ensure_ascii=False))
         return 0
-    _configure_logging()
+    if args[:1] == ["settings"]:
+        from .settingsdoc import main as settings_main
+
+        return settings_main(args[1:])
+    from .config import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"wan-worker: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     if args[:1] == ["models"]:
         from .models.cli import main as models_main
 
@@ -51,15 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_sdk_logs(args)
     import runpod
 
-    from .config import SettingsError
-    from .handler import current_settings, handler
+    from .handler import handler
     from .memory import retain_freed_memory
 
-    try:
-        settings = current_settings()
-    except SettingsError as exc:
-        print(f"wan-worker: invalid setting: {exc}", file=sys.stderr)
-        return 2
     retain_freed_memory(settings.retain_freed_memory_mb * 1024 * 1024)
 
     sys.argv = [sys.argv[0], *args]

@@ -11,11 +11,12 @@ between jobs, whichever mode they are.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import roles
 from .schema import CONTEXT_WINDOW, JobInput
 
 Graph = dict[str, dict[str, Any]]
@@ -23,15 +24,10 @@ Graph = dict[str, dict[str, Any]]
 TEMPLATES = {"i2v": "wan22_i2v.json", "flf2v": "wan22_flf2v.json"}
 CONDITIONING_CLASS = {"i2v": "WanImageToVideo", "flf2v": "WanFirstLastFrameToVideo"}
 
-REQUIRED_NODES: dict[str, str] = {
-    "high_model": "UNETLoader",
-    "low_model": "UNETLoader",
-    "lightning_high": "LoraLoaderModelOnly",
-    "lightning_low": "LoraLoaderModelOnly",
+TEMPLATE_NODES: dict[str, str] = {
+    **{role.name: role.loader for role in roles.ROLES if not role.optional},
     "shift_high": "ModelSamplingSD3",
     "shift_low": "ModelSamplingSD3",
-    "text_encoder": "CLIPLoader",
-    "vae": "VAELoader",
     "positive": "CLIPTextEncode",
     "negative": "CLIPTextEncode",
     "start_image": "LoadImage",
@@ -41,7 +37,9 @@ REQUIRED_NODES: dict[str, str] = {
     "video": "CreateVideo",
     "save_video": "SaveVideo",
 }
+"""The nodes both templates must have: each model role's loader (its id is the role), and the rest."""
 OUTPUT_NODE = "save_video"
+LIGHTNING_NODES = ("lightning_high", "lightning_low")
 EXPERTS = ("high", "low")
 
 
@@ -59,18 +57,27 @@ class LoraFiles:
     low_weight: float = 1.0
 
 
-@dataclass(frozen=True)
 class ModelFiles:
-    """The model file names the graph loads, defaults already applied and downloads already done."""
+    """The model file names the graph loads, by role (:mod:`worker.roles`), defaults already applied and
+    downloads already done; an optional role without a file is not loaded."""
 
-    high_model: str
-    low_model: str
-    text_encoder: str
-    vae: str
-    lightning_high: str
-    lightning_low: str
-    clip_vision: str | None = None
-    loras: tuple[LoraFiles, ...] = field(default_factory=tuple)
+    __slots__ = ("loras", "names")
+
+    def __init__(self, *, loras: Iterable[LoraFiles] = (), **names: str | None) -> None:
+        unknown = set(names) - set(roles.BY_NAME)
+        if unknown:
+            raise TypeError(f"unknown model roles: {', '.join(sorted(unknown))}")
+        self.names: dict[str, str] = {role: name for role, name in names.items() if name}
+        self.loras: tuple[LoraFiles, ...] = tuple(loras)
+
+    def get(self, role: str) -> str | None:
+        return self.names.get(role)
+
+    def replace(self, *, loras: Iterable[LoraFiles] | None = None, **names: str | None) -> ModelFiles:
+        return ModelFiles(loras=self.loras if loras is None else loras, **{**self.names, **names})
+
+    def __repr__(self) -> str:
+        return f"ModelFiles({self.names!r}, loras={self.loras!r})"
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ def load_template(workflows_dir: Path, mode: str) -> Graph:
 
 
 def check_template(graph: Mapping[str, Mapping[str, Any]], mode: str) -> None:
-    expected = dict(REQUIRED_NODES, conditioning=CONDITIONING_CLASS[mode])
+    expected = dict(TEMPLATE_NODES, conditioning=CONDITIONING_CLASS[mode])
     if mode == "flf2v":
         expected["end_image"] = "LoadImage"
     for node_id, class_type in expected.items():
@@ -115,10 +122,14 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
     mode = job.mode
     check_template(graph, mode)
 
-    _set(graph, "high_model", unet_name=files.high_model)
-    _set(graph, "low_model", unet_name=files.low_model)
-    _set(graph, "text_encoder", clip_name=files.text_encoder)
-    _set(graph, "vae", vae_name=files.vae)
+    for role in roles.ROLES:
+        name = files.get(role.name)
+        if name and role.optional:
+            _add_optional(graph, role, name, mode)
+        elif name:
+            _set(graph, role.name, **{role.input: name})
+        elif not role.optional and (job.lightning or role.name not in LIGHTNING_NODES):
+            raise ValueError(f"no file for the model role {role.name!r}")
     _set(graph, "positive", text=job.prompt)
     _set(graph, "negative", text=job.negative_prompt)
     _set(graph, "start_image", image=images.start)
@@ -140,8 +151,6 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
     _set(graph, "video", fps=float(job.fps))
     _set(graph, "save_video", filename_prefix=filename_prefix)
 
-    if files.clip_vision:
-        _clip_vision(graph, files.clip_vision, mode)
     return graph
 
 
@@ -166,9 +175,7 @@ def _model_chain(graph: Graph, job: JobInput, files: ModelFiles, expert: str) ->
     tail = f"{expert}_model"
     lightning = f"lightning_{expert}"
     if job.lightning:
-        graph[lightning]["inputs"].update(
-            model=[tail, 0], lora_name=getattr(files, lightning), strength_model=1.0
-        )
+        graph[lightning]["inputs"].update(model=[tail, 0], strength_model=1.0)
         tail = lightning
     else:
         del graph[lightning]
@@ -212,12 +219,18 @@ def _context_windows(graph: Graph, job: JobInput, expert: str, tail: str) -> str
     return node_id
 
 
-def _clip_vision(graph: Graph, name: str, mode: str) -> None:
-    graph["clip_vision"] = {
-        "class_type": "CLIPVisionLoader",
-        "inputs": {"clip_name": name},
-        "_meta": {"title": "CLIP vision"},
+def _add_optional(graph: Graph, role: roles.ModelRole, name: str, mode: str) -> None:
+    """An optional model's loader, and the nodes that use it."""
+    graph[role.name] = {
+        "class_type": role.loader,
+        "inputs": {role.input: name},
+        "_meta": {"title": role.title},
     }
+    if role.name == "clip_vision":
+        _clip_vision(graph, mode)
+
+
+def _clip_vision(graph: Graph, mode: str) -> None:
     roles = [("start", "clip_vision_output" if mode == "i2v" else "clip_vision_start_image")]
     if mode == "flf2v":
         roles.append(("end", "clip_vision_end_image"))

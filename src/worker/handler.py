@@ -121,6 +121,7 @@ async def handle(
 
 async def run_job(run: JobRun) -> dict[str, Any]:
     job = validate(run)
+    jobmodels.check_urls(job, run.settings)
     output_mode = deliver.resolve_output_mode(job.output, run.settings)
     log.info(
         "job %s: %s %dx%d, %d frames, %d steps, lightning %s, %d LoRA pairs",
@@ -156,7 +157,7 @@ async def run_job(run: JobRun) -> dict[str, Any]:
     await asyncio.to_thread(run.client.wait_ready, run.settings.comfy_start_timeout_s, cancel=run.cancel)
     run.timed("comfyui_ready", started)
     started = time.monotonic()
-    await asyncio.to_thread(jobmodels.check_available, run.client, files, job)
+    await asyncio.to_thread(jobmodels.check_available, run.client.list_models, files, job)
     images = await upload_images(run, start_image, end_image)
     run.timed("upload", started)
 

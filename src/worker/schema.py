@@ -1,6 +1,7 @@
 """The job contract (v1): what a job may ask for, its defaults, bounds and rounding rules.
 
-Pure data validation: this module imports nothing else of the worker. A validated :class:`JobInput` has every
+Pure data validation: of the worker, it reads only the model roles and the file-name rule, which import
+nothing themselves. A validated :class:`JobInput` has every
 value concrete (defaults that depend on ``lightning`` filled in, the seed drawn, sizes rounded) and lists what
 was adjusted, so that the result can say what was used.
 """
@@ -13,14 +14,18 @@ import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+
+from . import modelnames, roles
 
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
@@ -39,10 +44,6 @@ RANDOM_SEED_LIMIT = 2**53
 """Drawn seeds stay below 2**53 so that JavaScript clients read them exactly."""
 MAX_PROMPT_CHARS = 20_000
 
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-SAFE_EXTENSIONS = (".safetensors", ".sft")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\- ()\[\]]{0,199}$")
-
 LIGHTNING_STEPS, LIGHTNING_CFG = 4, 1.0
 PLAIN_STEPS, PLAIN_CFG = 20, 3.5
 
@@ -60,26 +61,15 @@ def round_to_4n1(value: int) -> int:
 
 
 def check_model_name(value: str | None, info: ValidationInfo) -> str | None:
-    """A model file name: one path component from a fixed character set with a model extension.
-
-    ``.safetensors`` only, unless the validation context says ``allow_pickle_models``.
-    """
+    """A model file name by :mod:`worker.modelnames`' rule; pickle formats when the validation context says
+    ``allow_pickle_models``."""
     if value is None:
         return None
-    if "/" in value or "\\" in value or "\x00" in value:
-        raise ValueError("must be a file name, without folders or path separators")
-    if ".." in value:
-        raise ValueError("must not contain '..'")
-    if not _MODEL_NAME.match(value):
-        raise ValueError(
-            "must start with a letter or digit and use only letters, digits, spaces and . _ - + ( ) [ ]"
-            " (at most 200 characters)"
-        )
-    allow_pickle = bool((info.context or {}).get("allow_pickle_models", False))
-    allowed = MODEL_EXTENSIONS if allow_pickle else SAFE_EXTENSIONS
-    if not value.lower().endswith(allowed):
-        hint = "" if allow_pickle else " (pickle formats need ALLOW_PICKLE_MODELS=true on the worker)"
-        raise ValueError(f"must end in {' or '.join(allowed)}{hint}")
+    problem = modelnames.name_problem(
+        value, allow_pickle=bool((info.context or {}).get("allow_pickle_models"))
+    )
+    if problem is not None:
+        raise ValueError(f"{problem}; model file names are {modelnames.RULE}")
     return value
 
 
@@ -95,8 +85,18 @@ def check_url_shape(value: str | None) -> str | None:
     return value
 
 
-ModelName = Annotated[str | None, Field(default=None, min_length=1, max_length=200)]
-Url = Annotated[str | None, Field(default=None)]
+ModelName = Annotated[str | None, AfterValidator(check_model_name)]
+Url = Annotated[str | None, AfterValidator(check_url_shape)]
+
+
+def _doc(default: str) -> Any:
+    """For a field whose default depends on other fields: the schema shows this text instead of ``null``."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)
+        schema["x-default"] = default
+
+    return extra
 
 
 class Adjustment(BaseModel):
@@ -113,15 +113,18 @@ class LoraPair(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    high: ModelName = None
-    low: ModelName = None
-    high_weight: float = Field(default=1.0, ge=-5.0, le=5.0, allow_inf_nan=False)
-    low_weight: float = Field(default=1.0, ge=-5.0, le=5.0, allow_inf_nan=False)
-    high_url: Url = None
-    low_url: Url = None
-
-    _names = field_validator("high", "low")(check_model_name)
-    _urls = field_validator("high_url", "low_url")(check_url_shape)
+    high: ModelName = Field(default=None, description="LoRA file on the volume for the high-noise expert")
+    low: ModelName = Field(default=None, description="LoRA file on the volume for the low-noise expert")
+    high_weight: float = Field(default=1.0, ge=-5.0, le=5.0, allow_inf_nan=False, description="its strength")
+    low_weight: float = Field(default=1.0, ge=-5.0, le=5.0, allow_inf_nan=False, description="its strength")
+    high_url: Url = Field(
+        default=None,
+        description="download the high LoRA into loras/ first (named after the URL, or after high)",
+    )
+    low_url: Url = Field(
+        default=None,
+        description="download the low LoRA into loras/ first (named after the URL, or after low)",
+    )
 
     @model_validator(mode="after")
     def _one_side_at_least(self) -> LoraPair:
@@ -130,63 +133,136 @@ class LoraPair(BaseModel):
         return self
 
 
-class JobInput(BaseModel):
-    """The ``input`` of a job. See the README's API reference for every field."""
+def _model_fields() -> dict[str, Any]:
+    """``<role>`` and ``<role>_url`` for each model role a job may set (:mod:`worker.roles`)."""
+    fields: dict[str, Any] = {}
+    for role in roles.JOB_ROLES:
+        fields[role.name] = (
+            ModelName,
+            Field(default=None, description=f"{role.title}: a file name in ComfyUI's {role.kind} folder"),
+        )
+        fields[f"{role.name}_url"] = (
+            Url,
+            Field(
+                default=None,
+                description=f"download {role.title} into the volume first (once: later jobs reuse it)",
+            ),
+        )
+    return fields
+
+
+_ModelOverrides: type[BaseModel] = create_model(
+    "_ModelOverrides", __config__=ConfigDict(extra="forbid", str_strip_whitespace=True), **_model_fields()
+)
+
+
+class JobInput(_ModelOverrides):
+    """The ``input`` of a job. The README's API reference is generated from these fields."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, validate_default=False)
 
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str = Field(default=WAN_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="what should happen in the video")
+    negative_prompt: str = Field(
+        default=WAN_NEGATIVE_PROMPT,
+        max_length=MAX_PROMPT_CHARS,
+        description="what the video should not show",
+        json_schema_extra=_doc("Wan's usual negative prompt"),
+    )
 
-    image_url: Url = None
-    image_base64: str | None = None
-    image_path: str | None = Field(default=None, min_length=1, max_length=4096)
-    end_image_url: Url = None
-    end_image_base64: str | None = None
-    end_image_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    image_url: Url = Field(
+        default=None,
+        description="the start image by URL: http(s), public addresses only, at most MAX_INPUT_IMAGE_MB",
+    )
+    image_base64: str | None = Field(
+        default=None, description="the start image as base64, raw or a `data:image/png;base64,...` URI"
+    )
+    image_path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="the start image as a file on the volume (relative to VOLUME_ROOT, or absolute inside it)",
+    )
+    end_image_url: Url = Field(
+        default=None, description="the last frame by URL; an end image makes the job FLF2V"
+    )
+    end_image_base64: str | None = Field(default=None, description="the last frame as base64")
+    end_image_path: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="the last frame as a file in the volume"
+    )
 
-    width: int = Field(default=480, ge=1, le=100_000)
-    height: int = Field(default=832, ge=1, le=100_000)
-    length: int = Field(default=81, ge=1, le=100_000)
-    fps: float = Field(default=16.0, ge=1.0, le=60.0, allow_inf_nan=False)
-    steps: int | None = Field(default=None, ge=2, le=100)
-    high_noise_steps: int | None = Field(default=None, ge=1, le=99)
-    cfg: float | None = Field(default=None, ge=0.0, le=30.0, allow_inf_nan=False)
-    shift: float = Field(default=5.0, ge=0.0, le=100.0, allow_inf_nan=False)
-    seed: int | None = Field(default=None, ge=-1, le=MAX_SEED)
-    context_overlap: int = Field(default=48, ge=0, le=CONTEXT_WINDOW - 1)
-    context_freenoise: bool = True
-    context_retain_first_frame: bool = False
-    lightning: bool = True
-    lora_pairs: list[LoraPair] = Field(default_factory=list, max_length=MAX_LORA_PAIRS)
+    width: int = Field(
+        default=480,
+        description=f"pixels, rounded to a multiple of 16; {MIN_SIDE} to {MAX_SIDE} after rounding",
+    )
+    height: int = Field(
+        default=832,
+        description=f"pixels, rounded to a multiple of 16; {MIN_SIDE} to {MAX_SIDE} after rounding",
+    )
+    length: int = Field(
+        default=81,
+        description=f"frames, rounded to the nearest 4n+1; {MIN_LENGTH} to {MAX_LENGTH} after rounding; beyond "
+        f"{CONTEXT_WINDOW} frames the video is sampled in overlapping {CONTEXT_WINDOW}-frame context windows",
+    )
+    fps: float = Field(default=16.0, ge=1.0, le=60.0, allow_inf_nan=False, description="frames per second")
+    steps: int = Field(
+        default=LIGHTNING_STEPS,
+        ge=2,
+        le=100,
+        description="sampling steps, split between the experts",
+        json_schema_extra=_doc(f"{LIGHTNING_STEPS} with Lightning, {PLAIN_STEPS} without"),
+    )
+    high_noise_steps: int = Field(
+        default=LIGHTNING_STEPS // 2,
+        ge=1,
+        le=99,
+        description="steps of the high-noise expert before the low-noise one takes over; less than steps",
+        json_schema_extra=_doc("steps // 2"),
+    )
+    cfg: float = Field(
+        default=LIGHTNING_CFG,
+        ge=0.0,
+        le=30.0,
+        allow_inf_nan=False,
+        description="classifier-free guidance",
+        json_schema_extra=_doc(f"{LIGHTNING_CFG} with Lightning, {PLAIN_CFG} without"),
+    )
+    shift: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=100.0,
+        allow_inf_nan=False,
+        description="sampling shift of both experts (ModelSamplingSD3)",
+    )
+    seed: int = Field(
+        default=-1,
+        ge=-1,
+        le=MAX_SEED,
+        description="-1 or absent means random; the result says which was used",
+        json_schema_extra=_doc("random"),
+    )
+    context_overlap: int = Field(
+        default=48, ge=0, le=CONTEXT_WINDOW - 1, description="frames shared by neighbouring context windows"
+    )
+    context_freenoise: bool = Field(
+        default=True,
+        description="FreeNoise: the windows' noise is shuffled from one shared noise so that neighbouring "
+        "windows agree, which hides the seams (ComfyUI's own default)",
+    )
+    context_retain_first_frame: bool = Field(
+        default=False,
+        description="keep the start image in every context window: for long I2V videos whose subject drifts; "
+        "it pulls every window back toward the first frame, holding motion back",
+    )
+    lightning: bool = Field(default=True, description="the lightx2v 4-step LoRAs on both experts")
+    lora_pairs: list[LoraPair] = Field(
+        default_factory=list, max_length=MAX_LORA_PAIRS, description="LoRAs on the experts, see below"
+    )
 
-    high_model: ModelName = None
-    high_model_url: Url = None
-    low_model: ModelName = None
-    low_model_url: Url = None
-    text_encoder: ModelName = None
-    text_encoder_url: Url = None
-    vae: ModelName = None
-    vae_url: Url = None
-    clip_vision: ModelName = None
-    clip_vision_url: Url = None
-
-    output: OutputMode = "auto"
+    output: OutputMode = Field(
+        default="auto", description="base64, url (the bucket), or auto (url when a bucket is configured)"
+    )
 
     adjustments: list[Adjustment] = Field(default_factory=list, exclude=True)
-
-    _names = field_validator("high_model", "low_model", "text_encoder", "vae", "clip_vision")(
-        check_model_name
-    )
-    _urls = field_validator(
-        "image_url",
-        "end_image_url",
-        "high_model_url",
-        "low_model_url",
-        "text_encoder_url",
-        "vae_url",
-        "clip_vision_url",
-    )(check_url_shape)
 
     @field_validator("prompt")
     @classmethod
@@ -216,23 +292,24 @@ class JobInput(BaseModel):
             raise ValueError("input: the job input must be a JSON object")
         if "adjustments" in data:
             raise ValueError("adjustments: reported by the worker, not accepted as input")
-        return data
+        return {k: v for k, v in data.items() if not (k in _RESOLVED and v is None)}
 
     @model_validator(mode="after")
     def _resolve(self) -> JobInput:
         self._check_image_sources()
         self._round_sizes()
-        if self.steps is None:
+        given = self.model_fields_set
+        if "steps" not in given:
             self.steps = LIGHTNING_STEPS if self.lightning else PLAIN_STEPS
-        if self.cfg is None:
+        if "cfg" not in given:
             self.cfg = LIGHTNING_CFG if self.lightning else PLAIN_CFG
-        if self.high_noise_steps is None:
+        if "high_noise_steps" not in given:
             self.high_noise_steps = max(1, self.steps // 2)
         elif self.high_noise_steps >= self.steps:
             raise ValueError(
                 f"high_noise_steps: must be less than steps ({self.steps}), got {self.high_noise_steps}"
             )
-        if self.seed is None or self.seed == -1:
+        if self.seed == -1:
             self.seed = secrets.randbelow(RANDOM_SEED_LIMIT)
         return self
 
@@ -284,31 +361,27 @@ class JobInput(BaseModel):
     def uses_context_windows(self) -> bool:
         return self.length > CONTEXT_WINDOW
 
+    def model_name(self, role: str) -> str | None:
+        """The file the job names for a model role (:mod:`worker.roles`), if any."""
+        value = getattr(self, role)
+        return value if isinstance(value, str) else None
 
-class JobResult(BaseModel):
-    """What a successful job returns."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    video: str | None = Field(default=None, description="the MP4, base64-encoded (output=base64)")
-    video_url: str | None = Field(default=None, description="where the MP4 was uploaded (output=url)")
-    mime_type: str = "video/mp4"
-    mode: Literal["i2v", "flf2v"]
-    seed: int
-    width: int
-    height: int
-    length: int
-    fps: float
-    steps: int
-    high_noise_steps: int
-    cfg: float
-    lightning: bool
-    adjustments: list[Adjustment]
-    timings: dict[str, float] = Field(description="seconds per stage")
-    size_bytes: int
+    def model_url(self, role: str) -> str | None:
+        value = getattr(self, f"{role}_url")
+        return value if isinstance(value, str) else None
 
 
-FIELD_NAMES: tuple[str, ...] = tuple(n for n in JobInput.model_fields if n != "adjustments")
+_RESOLVED = ("steps", "high_noise_steps", "cfg", "seed")
+"""Fields whose default depends on others (filled in by ``_resolve``): an explicit null means the default."""
+
+
+MODEL_FIELD_NAMES: tuple[str, ...] = tuple(_ModelOverrides.model_fields)
+FIELD_NAMES: tuple[str, ...] = (
+    *(n for n in JobInput.model_fields if n not in ("adjustments", "output", *MODEL_FIELD_NAMES)),
+    *MODEL_FIELD_NAMES,
+    "output",
+)
+"""Every input field, in the order the README and error messages list them."""
 LORA_FIELD_NAMES: tuple[str, ...] = tuple(LoraPair.model_fields)
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from tests.client.fake_runpod import Body, FakeRunPod, completed, failed, progress, queued
 from tests.support.images import image_bytes
-from worker.client.cli import job_fields, main, parse_lora
+from worker.client.cli import build_parser, job_fields, main, parse_lora
+from worker.schema import FIELD_NAMES, MODEL_FIELD_NAMES
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42 fake"
 REPO = Path(__file__).resolve().parents[2]
@@ -282,3 +283,26 @@ def test_entry_points(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "generate" in capsys.readouterr().out
     assert main([]) == 2
+
+
+SET_ONLY = {
+    *MODEL_FIELD_NAMES,
+    "image_url",
+    "image_base64",
+    "image_path",
+    "end_image_url",
+    "end_image_base64",
+    "end_image_path",
+}
+"""Job fields the CLI sets through --image/--end-image or --set FIELD=VALUE rather than an option of their own."""
+
+
+def test_cli_job_options_are_checked_against_the_contract() -> None:
+    """Every option the CLI sends is a job field, and every job field has an option or is reached otherwise:
+    a new field in the contract fails here until the CLI takes a position on it."""
+    args = build_parser().parse_args(
+        ["generate", "--url", "http://x", "--image", "a", "--prompt", "p", "-o", "o"]
+    )
+    sent = set(job_fields(args)) | {"prompt"}
+    assert sent <= set(FIELD_NAMES), sent - set(FIELD_NAMES)
+    assert set(FIELD_NAMES) - sent == SET_ONLY

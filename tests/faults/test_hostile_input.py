@@ -24,7 +24,12 @@ from worker.schema import FIELD_NAMES, LORA_FIELD_NAMES, describe_errors, parse_
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 FILES = ModelFiles(
-    "h.safetensors", "l.safetensors", "t.safetensors", "v.safetensors", "lh.safetensors", "ll.safetensors"
+    high_model="h.safetensors",
+    low_model="l.safetensors",
+    text_encoder="t.safetensors",
+    vae="v.safetensors",
+    lightning_high="lh.safetensors",
+    lightning_low="ll.safetensors",
 )
 TEMPLATES = {mode: load_template(WORKFLOWS, mode) for mode in ("i2v", "flf2v")}
 FIELD = re.compile(r"^(input|[a-z0-9_]+)(\[\d+\](\.[a-z0-9_]+)?)?$")

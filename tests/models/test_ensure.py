@@ -1,4 +1,4 @@
-"""A job's models: URLs fetched once into the volume, names that must exist, policies checked first."""
+"""A job's model URLs: fetched once into the volume, policies checked first."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from worker.config import Settings
-from worker.errors import InvalidInput, ModelDownloadFailed, ModelMissing, UrlNotAllowed
+from worker.errors import InvalidInput, ModelDownloadFailed, UrlNotAllowed
 from worker.models import FOLDER_KINDS, ModelRef, ensure_job_models
 from worker.models.download import part_info
-from worker.models.ensure import ensure_refs
 from worker.models.manifest import ManifestEntry
+from worker.models.ensure import ensure_refs
 from worker.models.volume import State, file_status, part_paths, write_record
 
 from .conftest import fast_options
@@ -70,8 +70,8 @@ def test_a_civitai_style_url_is_named_by_content_disposition(
         content_disposition='attachment; filename="Detail Tweaker v2.safetensors"',
     )
     names = run([ref("lora_pairs[0].high_url", url=url + "?type=Model&token=QUERYSECRET")], settings)
-    assert names["lora_pairs[0].high_url"] == "Detail_Tweaker_v2.safetensors"
-    assert (volume / "loras" / "Detail_Tweaker_v2.safetensors").read_bytes() == data
+    assert names["lora_pairs[0].high_url"] == "Detail Tweaker v2.safetensors"
+    assert (volume / "loras" / "Detail Tweaker v2.safetensors").read_bytes() == data
     count = len(server.requests())
     run([ref("lora_pairs[1].high_url", url=url + "?type=Model&token=QUERYSECRET")], settings)
     assert len(server.requests()) == count
@@ -107,45 +107,6 @@ def test_a_whole_file_of_the_wanted_name_is_reused(
     assert run([ref("vae_url", "vae", url, "vae.safetensors")], settings) == {"vae_url": "vae.safetensors"}
     assert server.sent() <= 1  # only the probe's first byte
     assert not (volume / "vae").exists()
-
-
-def test_a_name_without_url_must_exist(settings: Settings, volume: Path) -> None:
-    with pytest.raises(ModelMissing) as info:
-        run([ref("lora_pairs[0].high", name="missing.safetensors")], settings)
-    message = str(info.value)
-    assert "lora_pairs[0].high" in message and "missing.safetensors" in message
-    assert str(volume / "loras") in message and "lora_pairs[0].high_url" in message
-    assert info.value.details[0]["folder"] == str(volume / "loras")
-
-
-def test_a_name_without_url_is_found_in_either_layout(settings: Settings, volume: Path) -> None:
-    (volume / "loras").mkdir()
-    (volume / "loras" / "a.safetensors").write_bytes(model_bytes(100))
-    (volume / "models" / "text_encoders").mkdir(parents=True)
-    (volume / "models" / "text_encoders" / "t5.safetensors").write_bytes(model_bytes(100))
-    (volume / "models" / "unet").mkdir(parents=True)
-    (volume / "models" / "unet" / "u.safetensors").write_bytes(model_bytes(100))
-    names = run(
-        [
-            ref("lora_pairs[0].high", name="a.safetensors"),
-            ref("text_encoder", "text_encoders", name="t5.safetensors"),
-            ref("high_model", "diffusion_models", name="u.safetensors"),
-        ],
-        settings,
-    )
-    assert names == {
-        "lora_pairs[0].high": "a.safetensors",
-        "text_encoder": "t5.safetensors",
-        "high_model": "u.safetensors",
-    }
-
-
-def test_a_truncated_default_is_not_taken_for_a_model(settings: Settings, volume: Path) -> None:
-    entry = ManifestEntry("vae", "wan_2.1_vae.safetensors", "vae", "https://huggingface.co/x", 1000, "a" * 64)
-    (volume / "vae").mkdir()
-    (volume / "vae" / entry.name).write_bytes(b"x" * 10)
-    with pytest.raises(ModelMissing, match="wrong size"):
-        run([ref("vae", "vae", name=entry.name)], settings, manifest=(entry,))
 
 
 def test_wrong_bytes_leave_no_file_under_the_final_name(

@@ -72,8 +72,8 @@ def run(client: ComfyClient, graph: dict, **wait: object):  # type: ignore[no-un
 
 def test_ready_and_model_listing(client: ComfyClient) -> None:
     assert client.wait_ready(5) < 5
-    assert FILES.high_model in (client.list_models("diffusion_models") or [])
-    assert FILES.lightning_low in (client.list_models("loras") or [])
+    assert FILES.get("high_model") in (client.list_models("diffusion_models") or [])
+    assert FILES.get("lightning_low") in (client.list_models("loras") or [])
 
 
 def test_wait_ready_gives_up_at_its_deadline() -> None:

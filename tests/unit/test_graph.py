@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.graph import (
-    REQUIRED_NODES,
+    TEMPLATE_NODES,
     Images,
     LoraFiles,
     ModelFiles,
@@ -54,7 +54,7 @@ def upstream(graph: dict, node_id: str, input_name: str = "model") -> list[str]:
 @pytest.mark.parametrize("mode", ["i2v", "flf2v"])
 def test_templates_are_checked_and_share_node_ids(mode: str) -> None:
     graph = load_template(WORKFLOWS, mode)
-    for node_id, class_type in REQUIRED_NODES.items():
+    for node_id, class_type in TEMPLATE_NODES.items():
         assert graph[node_id]["class_type"] == class_type
     other = load_template(WORKFLOWS, "flf2v" if mode == "i2v" else "i2v")
     loaders = ("high_model", "low_model", "text_encoder", "vae", "lightning_high", "lightning_low")
@@ -127,14 +127,11 @@ def test_lightning_off_drops_its_nodes() -> None:
 
 
 def test_lora_pairs_chain_on_each_expert() -> None:
-    files = ModelFiles(
-        **{
-            **FILES.__dict__,
-            "loras": (
-                LoraFiles("a_h.safetensors", "a_l.safetensors", 0.8, 0.6),
-                LoraFiles("b_h.safetensors", None, 1.2, 1.0),
-            ),
-        }
+    files = FILES.replace(
+        loras=(
+            LoraFiles("a_h.safetensors", "a_l.safetensors", 0.8, 0.6),
+            LoraFiles("b_h.safetensors", None, 1.2, 1.0),
+        )
     )
     g = make(
         files=files,
@@ -175,7 +172,7 @@ def test_context_window_options_reach_both_windows() -> None:
 
 
 def test_clip_vision_nodes_only_when_named() -> None:
-    files = ModelFiles(**{**FILES.__dict__, "clip_vision": "cv.safetensors"})
+    files = FILES.replace(clip_vision="cv.safetensors")
     g = make(files=files)
     assert g["clip_vision"]["inputs"]["clip_name"] == "cv.safetensors"
     assert g["conditioning"]["inputs"]["clip_vision_output"] == ["clip_vision_start", 0]
@@ -192,13 +189,7 @@ def test_step_offsets_follow_the_split() -> None:
 
 
 def test_every_link_points_at_an_existing_node() -> None:
-    files = ModelFiles(
-        **{
-            **FILES.__dict__,
-            "clip_vision": "cv.safetensors",
-            "loras": (LoraFiles("a.safetensors", "b.safetensors"),),
-        }
-    )
+    files = FILES.replace(clip_vision="cv.safetensors", loras=(LoraFiles("a.safetensors", "b.safetensors"),))
     for mode in ("i2v", "flf2v"):
         g = make(
             mode, files=files, length=161, lora_pairs=[{"high": "a.safetensors", "low": "b.safetensors"}]

@@ -99,3 +99,36 @@ def test_unexpected_failure_is_an_internal_error_without_traceback(
     result = asyncio.run(handle(job(), broken))
     assert result["error_code"] == "internal_error"
     assert "Traceback" not in result["error"] and "job-1" in result["error"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"lora_pairs": [{"high": ".hidden.safetensors", "high_url": "https://huggingface.co/a/b.safetensors"}]},
+         "lora_pairs[0].high", "must not start with '.'"),
+        ({"vae": "vae.ckpt"}, "vae", "ALLOW_PICKLE_MODELS"),
+        ({"high_model_url": "https://models.example.com/high.safetensors"}, "high_model_url", "not allowed"),
+        ({"lora_pairs": [{"low_url": "http://huggingface.co/a/b.safetensors"}]}, "lora_pairs[0].low_url", "https"),
+    ],
+)  # fmt: skip
+def test_a_model_the_policy_refuses_is_refused_before_any_work(
+    emulator: Emulator, settings: Settings, fields: dict[str, Any], field: str, words: str
+) -> None:
+    from tests.support.httpserver import LocalServer, Route
+
+    before = emulator.state()
+    with LocalServer() as images:
+        images.routes["/start.png"] = Route(body=image_bytes(), headers={"Content-Type": "image/png"})
+        allowed = replace(settings, allow_private_urls=True)
+        body = job(**fields)
+        del body["input"]["image_base64"]
+        body["input"]["image_url"] = images.url("/start.png")
+        result = asyncio.run(handle(body, allowed))
+        assert images.requests == []
+    assert result["error_code"] in ("invalid_input", "url_not_allowed"), result
+    assert field in result["error"] and words in result["error"], result
+    after = emulator.state()
+    assert (len(after["uploads"]), len(after["prompt_requests"])) == (
+        len(before["uploads"]),
+        len(before["prompt_requests"]),
+    )

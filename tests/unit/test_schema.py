@@ -13,6 +13,7 @@ from worker.schema import (
     FIELD_NAMES,
     WAN_NEGATIVE_PROMPT,
     JobInput,
+    LoraPair,
     describe_errors,
     parse_job_input,
     round_to_4n1,
@@ -88,7 +89,8 @@ def test_long_video_uses_context_windows() -> None:
     [
         ({"width": 100000}, "width", "between 128 and 1920"),
         ({"width": 64}, "width", "between 128 and 1920"),
-        ({"length": 0}, "length", "greater than or equal to 1"),
+        ({"length": 0}, "length", "between 5 and 801"),
+        ({"width": -(2**70)}, "width", "between 128 and 1920"),
         ({"length": 2000}, "length", "between 5 and 801"),
         ({"fps": 0}, "fps", "greater than or equal to 1"),
         ({"steps": 1}, "steps", "greater than or equal to 2"),
@@ -170,11 +172,12 @@ def test_lora_pairs_at_most_four_and_weights_bounded() -> None:
         ("sub/evil.safetensors", "without folders"),
         ("/abs/evil.safetensors", "without folders"),
         ("C:\\evil.safetensors", "without folders"),
-        ("a..b.safetensors", "'..'"),
         ("evil.ckpt", "ALLOW_PICKLE_MODELS"),
         ("evil.pt", "must end in"),
-        (".hidden.safetensors", "must start with"),
-        ("nul\x00.safetensors", "without folders"),
+        (".hidden.safetensors", "must not start with '.'"),
+        ("..", "must not start with '.'"),
+        ("nul\x00.safetensors", "control characters"),
+        ("tab\t.safetensors", "control characters"),
         ("x" * 300 + ".safetensors", "at most 200"),
     ],
 )
@@ -185,6 +188,15 @@ def test_model_names_are_single_safe_file_names(name: str, fragment: str) -> Non
     ):
         found = problems(data)
         assert found[0]["field"] == field and fragment in found[0]["message"], found
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["my lora (v2).safetensors", "model.sft", "a..b.safetensors", "Wan [fp8] +x.safetensors", "ÿüé.safetensors"],
+)
+def test_model_names_comfyui_loads_are_accepted(name: str) -> None:
+    job = parse_job_input({**BASE, "high_model": name, "lora_pairs": [{"high": name}]})
+    assert job.model_name("high_model") == name and job.lora_pairs[0].high == name
 
 
 def test_pickle_models_only_when_allowed() -> None:
@@ -228,3 +240,30 @@ def test_published_schema_file_is_current() -> None:
     assert json.loads(published.read_text(encoding="utf-8")) == input_json_schema(), (
         "regenerate it: python -m worker schema > docs/job_input.schema.json"
     )
+
+
+def test_readme_input_tables_are_generated_from_the_contract() -> None:
+    from pathlib import Path
+
+    from worker.inputdoc import input_tables, readme_section
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert readme_section(readme) == input_tables(), (
+        "regenerate the README's input tables: python -m worker schema --markdown"
+    )
+
+
+def test_every_field_is_in_the_readme_tables() -> None:
+    from worker.inputdoc import input_tables
+
+    tables = input_tables()
+    for name in (*FIELD_NAMES, *LoraPair.model_fields):
+        assert f"| `{name}` |" in tables, name
+
+
+def test_each_job_model_role_has_a_name_and_a_url_field() -> None:
+    from worker import roles
+
+    for role in roles.ROLES:
+        assert (role.name in FIELD_NAMES) == role.job_field
+        assert (f"{role.name}_url" in FIELD_NAMES) == role.job_field

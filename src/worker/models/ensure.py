@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from .. import modelnames
 from ..config import Settings
-from ..errors import InvalidInput, ModelDownloadFailed, ModelMissing, WorkerError
+from ..errors import InvalidInput, ModelDownloadFailed, WorkerError
 from ..netsafe import Resolver, make_session, redact_url, system_resolver
 from . import policy
 from .download import BadContent, Remote, Tuning, download, part_info, probe
@@ -38,7 +39,6 @@ from .volume import (
     part_paths,
     read_index,
     read_record,
-    search_dirs,
     state_path,
     target_path,
     verify_file,
@@ -53,13 +53,15 @@ ProgressCallback = Callable[[str, int, int | None], None]
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model file a job asks for: by URL (downloaded on demand), by name (must be on the volume), or both."""
+    """A model file a job gives a URL for, to be downloaded on demand (under ``name`` when the job gives one).
+
+    Files a job names without a URL need no download: the handler checks them against ComfyUI's listing."""
 
     field: str
     """The job field, for messages: ``high_model_url``, ``lora_pairs[1].low_url`` ..."""
     kind: str
     """One of :data:`FOLDER_KINDS`."""
-    url: str | None
+    url: str
     name: str | None
 
 
@@ -252,7 +254,7 @@ def _transfer(target: Target, part: Path, ctx: _Context) -> None:
             progress=progress,
             should_stop=ctx.should_stop,
         )
-    if target.sha256 is None and target.name.lower().endswith(policy.SAFE_EXTENSION):
+    if target.sha256 is None and target.name.lower().endswith(modelnames.SAFE_EXTENSIONS):
         _check_safetensors(part, label)
     os.replace(part, target.path)
     write_record(target.path, result.sha256)
@@ -312,19 +314,10 @@ def _fetch_model(target: Target, ctx: _Context, *, verify: bool) -> Action:
 # -- a job's models ----------------------------------------------------------------------------------------
 
 
-def _url_field_hint(field: str) -> str:
-    return "" if field.endswith("url") else f", or give {field}_url to download it"
-
-
 def _validate(ref: ModelRef, ctx: _Context) -> None:
     """The rules that need no request: kind, URL policy, file name, no clash with a default file's name."""
     if ref.kind not in FOLDER_KINDS:
         raise InvalidInput(f"{ref.field}: unknown model kind {ref.kind!r}; known: {', '.join(FOLDER_KINDS)}")
-    if ref.url is None:
-        if not ref.name:
-            raise InvalidInput(f"{ref.field}: give a file name or a URL", details=[{"field": ref.field}])
-        policy.check_name(ref.name, field=ref.field, settings=ctx.settings, error=InvalidInput)
-        return
     policy.check_model_url(ref.url, field=ref.field, settings=ctx.settings, resolver=ctx.options.resolver)
     if ref.name is not None:
         policy.check_name(ref.name, field=ref.field, settings=ctx.settings)
@@ -337,34 +330,8 @@ def _validate(ref: ModelRef, ctx: _Context) -> None:
             )
 
 
-def _ensure_named(ref: ModelRef, ctx: _Context) -> str:
-    """A file named without a URL must already be on the volume, whole."""
-    assert ref.name is not None
-    root = ctx.settings.volume_root
-    entry = find_by_name(ctx.manifest, ref.kind, ref.name)
-    folders = search_dirs(root, ref.kind)
-    for folder in folders:
-        status = file_status(
-            folder / ref.name, entry.size if entry else None, entry.sha256 if entry else None
-        )
-        if status.state.usable and (status.size or 0) > 0:
-            return ref.name
-        if status.state is not State.MISSING:
-            raise ModelMissing(
-                f"{ref.field}: the file {ref.name!r} in {folder} is not usable ({status.state.value}, "
-                f"{status.size} bytes); run `python -m worker models ensure` or replace it",
-                details=[{"field": ref.field, "name": ref.name, "folder": str(folder)}],
-            )
-    raise ModelMissing(
-        f"{ref.field}: the file {ref.name!r} is not on the volume (looked in "
-        f"{' and '.join(str(f) for f in folders)}); put it in {folders[0]}{_url_field_hint(ref.field)}",
-        details=[{"field": ref.field, "name": ref.name, "folder": str(folders[0])}],
-    )
-
-
 def _from_index(ref: ModelRef, ctx: _Context) -> str | None:
     """The name an earlier job saved the same URL under, if that file is still there and whole."""
-    assert ref.url is not None
     root = ctx.settings.volume_root
     entry = read_index(root, ref.kind, ref.url)
     if entry is None or (ref.name is not None and ref.name != entry.name):
@@ -377,7 +344,6 @@ def _from_index(ref: ModelRef, ctx: _Context) -> str | None:
 
 def _claim(ctx: _Context, ref: ModelRef, name: str) -> None:
     """Two different URLs of one job must not be saved under one name."""
-    assert ref.url is not None
     with ctx.claimed_lock:
         other = ctx.claimed.setdefault((ref.kind, name), ref.url)
     if other != ref.url:
@@ -388,7 +354,6 @@ def _claim(ctx: _Context, ref: ModelRef, name: str) -> None:
 
 
 def _probe(ref: ModelRef, ctx: _Context) -> Remote:
-    assert ref.url is not None
     with make_session(allow_private=ctx.settings.allow_private_urls, pool_size=2) as session:
         opener = policy.make_opener(
             ref.url, field=ref.field, settings=ctx.settings, session=session, resolver=ctx.options.resolver
@@ -404,7 +369,6 @@ def _target_for_manifest(ref: ModelRef, entry: ManifestEntry, ctx: _Context) -> 
 
 def _ensure_url(ref: ModelRef, ctx: _Context) -> str:
     """Download ``ref.url`` unless the same URL (or a whole file of the wanted name) is already there."""
-    assert ref.url is not None
     root = ctx.settings.volume_root
     entry = find_by_url(ctx.manifest, ref.kind, ref.url)
     if entry is not None:
@@ -501,8 +465,7 @@ def ensure_refs(
     )
     for ref in refs:
         _validate(ref, ctx)
-    names = {ref.field: _ensure_named(ref, ctx) for ref in refs if ref.url is None}
-    names.update(_ensure_urls([ref for ref in refs if ref.url is not None], ctx))
+    names = _ensure_urls(refs, ctx)
     return {ref.field: names[ref.field] for ref in refs}
 
 
@@ -516,9 +479,8 @@ def ensure_job_models(
 ) -> dict[str, str]:
     """Return field -> the file name ComfyUI knows the file by, after making every file present.
 
-    Refs with a URL are downloaded into their volume folder unless already there (the same URL fetched
-    before, or a whole file of the wanted name); refs with a name only must be on the volume (seed layout or
-    ``models/<kind>/``), else :class:`ModelMissing` names the file and the folder. Policy violations raise
+    Each ref's URL is downloaded into its volume folder unless already there (the same URL fetched before, or
+    a whole file of the wanted name). Policy violations raise
     :class:`UrlNotAllowed` before any request to the model's host; transfer or verification failures raise
     :class:`ModelDownloadFailed`; a set ``cancel`` raises :class:`JobCancelled` (the download resumes later).
     ``on_progress(field, bytes_done, total_or_None)`` is called about once a second per download.

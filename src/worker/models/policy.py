@@ -2,8 +2,8 @@
 
 A model URL must use https (plain http only with ``ALLOW_HTTP_MODEL_URLS``), resolve to public addresses
 (every redirect is checked again, and the connected socket too), and name a host of ``ALLOWED_MODEL_HOSTS``
-(a listed host or any subdomain of it). A file name is a plain name (no separators, no ``..``) of letters,
-digits and ``._+-``, ending in ``.safetensors`` (pickle formats only with ``ALLOW_PICKLE_MODELS``). Tokens go
+(a listed host or any subdomain of it). A file name follows :mod:`worker.modelnames`, the same rule a job's
+fields are validated with. Tokens go
 only to their own hosts, over https: ``HF_TOKEN`` to huggingface.co and hf.co, ``CIVITAI_TOKEN`` to civitai.com.
 """
 
@@ -17,26 +17,17 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from .. import modelnames
 from ..config import Settings
 from ..errors import InvalidInput, UrlNotAllowed
 from ..netsafe import Resolver, check_url, open_checked, redact_url, system_resolver
 from .download import Opener
 
-SAFE_EXTENSION = ".safetensors"
-PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
-MAX_NAME_LENGTH = 200
-NAME_CHARACTERS = "letters, digits and . _ - +"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]+")
 _EXTENDED_FILENAME = re.compile(r"filename\*\s*=\s*([A-Za-z0-9_-]*)'[^']*'([^;\s]+)", re.IGNORECASE)
 
 HF_HOSTS = ("huggingface.co", "hf.co")
 CIVITAI_HOSTS = ("civitai.com", "www.civitai.com")
 CONNECT_TIMEOUT_S = 10.0
-
-
-def allowed_extensions(settings: Settings) -> tuple[str, ...]:
-    return (SAFE_EXTENSION, *PICKLE_EXTENSIONS) if settings.allow_pickle_models else (SAFE_EXTENSION,)
 
 
 def max_bytes(settings: Settings) -> int:
@@ -49,41 +40,15 @@ def max_bytes(settings: Settings) -> int:
 def check_name(
     name: str, *, field: str, settings: Settings, error: type[InvalidInput] = UrlNotAllowed
 ) -> str:
-    """Return ``name`` if it is a safe model file name, else raise ``error`` saying what is allowed."""
-    details = [{"field": field, "name": name[:MAX_NAME_LENGTH]}]
-    if "/" in name or "\\" in name or ".." in name:
+    """Return ``name`` if it passes :mod:`worker.modelnames`' rule, else raise ``error`` saying what is wrong."""
+    problem = modelnames.name_problem(name, allow_pickle=settings.allow_pickle_models)
+    if problem is not None:
         raise error(
-            f"{field}: the file name {name!r} must not contain path separators or '..'; give a plain file name",
-            details=details,
-        )
-    if not name or len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
-        raise error(
-            f"{field}: the file name {name!r} is not allowed; use at most {MAX_NAME_LENGTH} characters of "
-            f"{NAME_CHARACTERS}, not starting with '.', '-' or '+'",
-            details=details,
-        )
-    extensions = allowed_extensions(settings)
-    if not name.lower().endswith(extensions):
-        hint = (
-            ""
-            if settings.allow_pickle_models
-            else (
-                f"; pickle formats ({', '.join(PICKLE_EXTENSIONS)}) can run code when loaded and are accepted only "
-                "when ALLOW_PICKLE_MODELS is set"
-            )
-        )
-        raise error(
-            f"{field}: the file name {name!r} must end in {' or '.join(extensions)}{hint}", details=details
+            f"{field}: the file name {name[: modelnames.MAX_NAME_BYTES]!r} {problem}; model file names are "
+            + modelnames.RULE,
+            details=[{"field": field, "name": name[: modelnames.MAX_NAME_BYTES]}],
         )
     return name
-
-
-def sanitize_name(raw: str) -> str:
-    """A plain file name made from a server's or URL's name: last path part, unsafe characters -> '_'."""
-    base = re.split(r"[/\\]", raw.strip())[-1]
-    base = _UNSAFE_CHARACTERS.sub("_", base)
-    base = re.sub(r"\.{2,}", ".", base)
-    return base.lstrip("._-+")[:MAX_NAME_LENGTH]
 
 
 def disposition_filename(header: str | None) -> str | None:
@@ -115,12 +80,12 @@ def derive_name(
     path, then that of the URL redirected to.
     """
     candidates = [
-        sanitize_name(raw)
+        modelnames.sanitize(raw)
         for raw in (disposition_filename(content_disposition), url_filename(url), url_filename(final_url))
         if raw
     ]
     candidates = [c for c in candidates if c]
-    extensions = allowed_extensions(settings)
+    extensions = modelnames.allowed_extensions(settings.allow_pickle_models)
     for candidate in candidates:
         if candidate.lower().endswith(extensions):
             return check_name(candidate, field=field, settings=settings)
@@ -173,16 +138,21 @@ def check_scheme(url: str, *, field: str, settings: Settings) -> None:
         )
 
 
-def check_model_url(
-    url: str, *, field: str, settings: Settings, resolver: Resolver = system_resolver
-) -> None:
-    """Every rule a model URL must pass before a request is made: scheme, host list, public address."""
+def check_url_rules(url: str, *, field: str, settings: Settings) -> None:
+    """The rules a model URL must pass that need no look-up: a valid port, the scheme, the host list."""
     try:
         urlsplit(url).port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
         raise UrlNotAllowed(f"{field} is not a valid URL ({exc})", details=[{"field": field}]) from None
     check_scheme(url, field=field, settings=settings)
     check_host(url, field=field, settings=settings)
+
+
+def check_model_url(
+    url: str, *, field: str, settings: Settings, resolver: Resolver = system_resolver
+) -> None:
+    """Every rule a model URL must pass before a request is made: scheme, host list, public address."""
+    check_url_rules(url, field=field, settings=settings)
     check_url(
         url,
         field=field,
@@ -231,7 +201,7 @@ def make_opener(
     After a first answer, requests go straight to the address redirected to (a signed CDN URL), saving a
     round trip per block; when that address answers as expired, the original URL is asked again.
     """
-    timeout = (min(CONNECT_TIMEOUT_S, settings.http_timeout_s), settings.http_timeout_s)
+    timeout = (min(CONNECT_TIMEOUT_S, settings.model_read_timeout_s), settings.model_read_timeout_s)
     last = [url]
 
     def check_hop(hop: str) -> None:
