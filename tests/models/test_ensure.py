@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ from worker.config import Settings
 from worker.errors import InvalidInput, ModelDownloadFailed, UrlNotAllowed
 from worker.models import FOLDER_KINDS, ModelRef, ensure_job_models
 from worker.models.download import part_info
-from worker.models.manifest import ManifestEntry
 from worker.models.ensure import ensure_refs
+from worker.models.manifest import ManifestEntry
 from worker.models.volume import State, file_status, part_paths, write_record
 
 from .conftest import fast_options
@@ -132,13 +131,16 @@ def test_bytes_that_are_not_safetensors_are_refused(
 
 def test_policy_is_checked_before_any_request(server: FileServer, settings: Settings) -> None:
     good = server.add("/a.safetensors", model_bytes(SIZE))
-    strict = replace(settings, allow_http_model_urls=False)
+    strict = settings.model_copy(update={"allow_http_model_urls": False})
     with pytest.raises(UrlNotAllowed, match="https"):
         run([ref("vae_url", "vae", good), ref("lora_pairs[0].high_url", url=good)], strict)
     with pytest.raises(UrlNotAllowed, match="non-public"):
-        run([ref("vae_url", "vae", good)], replace(settings, allow_private_urls=False))
+        run([ref("vae_url", "vae", good)], settings.model_copy(update={"allow_private_urls": False}))
     with pytest.raises(UrlNotAllowed, match="not allowed for model downloads"):
-        run([ref("vae_url", "vae", good)], replace(settings, allowed_model_hosts=("huggingface.co",)))
+        run(
+            [ref("vae_url", "vae", good)],
+            settings.model_copy(update={"allowed_model_hosts": ("huggingface.co",)}),
+        )
     with pytest.raises(UrlNotAllowed, match=r"must end in \.safetensors"):
         run([ref("vae_url", "vae", good, "vae.ckpt")], settings)
     with pytest.raises(InvalidInput, match="path separators"):
@@ -151,7 +153,7 @@ def test_policy_is_checked_before_any_request(server: FileServer, settings: Sett
 def test_the_size_cap_refuses_before_the_body(server: FileServer, settings: Settings, volume: Path) -> None:
     url = server.add("/big.safetensors", model_bytes(SIZE))
     with pytest.raises(UrlNotAllowed, match="MAX_MODEL_GB"):
-        run([ref("vae_url", "vae", url)], replace(settings, max_model_gb=SIZE / 2 / 1e9))
+        run([ref("vae_url", "vae", url)], settings.model_copy(update={"max_model_gb": SIZE / 2 / 1e9}))
     assert server.sent() <= 1
 
 
@@ -186,7 +188,7 @@ def test_tokens_and_queries_stay_out_of_requests_and_logs(
     server: FileServer, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="worker")
-    secret = replace(settings, hf_token="hf_TOKENSECRET", civitai_token="cv_TOKENSECRET")
+    secret = settings.model_copy(update={"hf_token": "hf_TOKENSECRET", "civitai_token": "cv_TOKENSECRET"})
     url = server.add("/m.safetensors", model_bytes(SIZE)) + "?token=QUERYSECRET"
     run([ref("vae_url", "vae", url)], secret)
     with pytest.raises(ModelDownloadFailed) as info:

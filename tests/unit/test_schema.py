@@ -192,7 +192,13 @@ def test_model_names_are_single_safe_file_names(name: str, fragment: str) -> Non
 
 @pytest.mark.parametrize(
     "name",
-    ["my lora (v2).safetensors", "model.sft", "a..b.safetensors", "Wan [fp8] +x.safetensors", "ÿüé.safetensors"],
+    [
+        "my lora (v2).safetensors",
+        "model.sft",
+        "a..b.safetensors",
+        "Wan [fp8] +x.safetensors",
+        "ÿüé.safetensors",
+    ],
 )
 def test_model_names_comfyui_loads_are_accepted(name: str) -> None:
     job = parse_job_input({**BASE, "high_model": name, "lora_pairs": [{"high": name}]})
