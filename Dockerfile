@@ -7,33 +7,43 @@
 #   docker build --build-arg BAKE_MODELS=true --secret id=hf_token,env=HF_TOKEN ...   # a token, never in a layer
 #
 # Versions, and why they go together:
-# - ComfyUI v0.3.76 (commit 30c259ca, 2025-12-01) is the first release after ComfyUI pull request #10975
-#   (merged 2025-11-28: context windows slice the image conditioning of Wan I2V, without which a Wan I2V graph
-#   with WanContextWindowsManual fails at its first sampler); v0.3.75 (2025-11-26) predates the merge.
-#   The build checks that the tag still names that commit.
-# - ComfyUI's requirements.txt leaves torch, torchvision and torchaudio unpinned and asks for a recent stable
-#   PyTorch. PyTorch 2.9.1 was the newest stable release when v0.3.76 was tagged. Its CUDA 12.8 build (cu128)
-#   runs on every GPU generation RunPod offers: Ampere (A40, RTX A6000, A100, RTX 3090: sm_80/86), Ada (L4,
-#   L40S, RTX 4090, RTX 6000 Ada: sm_89), Hopper (H100, H200: sm_90) and Blackwell (B200, RTX 5090, RTX PRO 6000:
-#   sm_100/120), and needs a driver of the 570 series or later; CUDA 13 builds would need 580 or later, which
-#   many hosts do not have yet.
-# - nvidia/cuda:12.8.1-runtime-ubuntu24.04 is the CUDA runtime that matches the cu128 wheels, and declares
-#   CUDA 12.8 to the NVIDIA container runtime; Ubuntu 24.04 brings Python 3.12.
+# - ComfyUI v0.33.0 (commit 2f35f4a0, 2026-08-13) is the ComfyUI the test suite runs: tests/real builds its own
+#   environment from the ARG lines below (one per line: they are parsed), and tests/container checks that they
+#   name the commit of the source kept for the tests. It has ComfyUI pull request #10975 (context windows slice
+#   Wan I2V's image conditioning; first released in v0.4.0), without which a long video fails at its first
+#   sampler. The build checks that the tag still names that commit.
+# - PyTorch 2.14.1 and torchvision 0.29.1 from PyPI. ComfyUI v0.33.0 asks for a CUDA 13 build of PyTorch on every
+#   NVIDIA GPU from the 20 series on, and PyPI's torch 2.14.1 for Linux is that build (cu130, with Triton 3.8.0
+#   and CUDA 13.0.3 libraries as nvidia-* wheels): the very wheels the tests run on CPU. It covers every GPU
+#   generation RunPod offers: Ampere (A40, RTX A6000, A100, RTX 3090: sm_80/86), Ada (L4, L40S, RTX 4090,
+#   RTX 6000 Ada: sm_89), Hopper (H100, H200: sm_90) and Blackwell (B200, RTX 5090, RTX PRO 6000: sm_100/120).
+# - No torchaudio: no release matches torch 2.14.1 (PyPI's newest is 2.11.1, built against torch 2.11). ComfyUI
+#   then only warns that two audio node modules do not import; no node of the Wan graphs uses them, and the
+#   tests run ComfyUI without it too.
+# - nvidia/cuda:13.0.3-runtime-ubuntu24.04 is the CUDA runtime that matches torch's CUDA 13.0.3 and declares
+#   CUDA 13.0 to the NVIDIA container runtime. CUDA 13.0 needs an NVIDIA driver of the 580 series or later: on a
+#   host with an older driver the container does not start, or torch finds no GPU. A RunPod endpoint must
+#   therefore allow CUDA 13.0 (and later) only in its "allowed CUDA versions" filter, which keeps it off hosts
+#   with older drivers (.runpod/hub.json: allowedCudaVersions). Ubuntu 24.04 brings Python 3.12.
+# - comfy-kitchen 0.2.31 and comfy-aimdo 0.4.13, pinned as ComfyUI's requirements.txt pins them: ComfyUI's
+#   compiled kernels and its dynamic VRAM manager, both shipped as wheels.
+# - No SageAttention, and so no compiler toolchain. Its only PyPI wheels (1.0.x, 1.0.6 the newest, from 2024) are
+#   pure Python with Triton kernels, and Triton compiles a C launcher with gcc or clang the first time a kernel
+#   runs: the image would need gcc, the C library headers and Python's headers for it. SageAttention 2.x has no
+#   wheels at all (it is built with nvcc against the exact torch build). Without it ComfyUI uses PyTorch's own
+#   scaled-dot-product attention (flash and memory-efficient kernels) on NVIDIA GPUs. ComfyUI v0.33.0 has a
+#   compiled INT8 attention of its own in comfy-kitchen's wheel (--use-ck-attention, compute capability 7.5 or
+#   later, through COMFY_EXTRA_ARGS); it trades precision for speed and stays opt-in.
 # - ComfyUI's Python files are compiled at build time, so a cold start does not compile them again.
-# - SageAttention 1.0.6 is the newest release on PyPI: a pure-Python wheel whose kernels are Triton ones (Triton
-#   3.5.1 comes with torch 2.9.1), so nothing is compiled at build time and it runs on all of the above.
-#   SageAttention 2.x ships no PyPI wheels: it is built from source with nvcc against the exact torch build, on
-#   a -devel base image, which this image avoids. Triton compiles a small launcher with gcc on first use, so gcc
-#   and the Python headers are installed. start.sh drops --use-sage-attention when the module does not import.
 #
-# Layers run from the slowest-changing to the fastest: system packages, PyTorch, ComfyUI, SageAttention, the
-# optional baked models, the worker's dependencies (pyproject.toml), then the worker's code, workflows and start
-# script, so that a change to the worker's code rebuilds in seconds.
+# Layers run from the slowest-changing to the fastest: system packages, PyTorch, ComfyUI, the optional baked
+# models, the worker's dependencies (pyproject.toml), then the worker's code, workflows and start script, so that
+# a change to the worker's code rebuilds in seconds.
 
 ARG BAKE_MODELS=false
 
 # --------------------------------------------------------------------------------------------- base
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS base
+FROM nvidia/cuda:13.0.3-runtime-ubuntu24.04 AS base
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -46,42 +56,51 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH
 
 # Ubuntu's package versions move with its security updates, so they are not pinned; the image's own software
-# (PyTorch, ComfyUI, SageAttention, the worker's packages) is.
+# (PyTorch, ComfyUI, the worker's packages) is. No compiler: every Python package here comes as a wheel.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 python3-venv python3-dev gcc libc6-dev \
+        python3 python3-venv \
         git ca-certificates curl tini \
     && rm -rf /var/lib/apt/lists/*
 
-# Every pip install below is held to these versions (PIP_CONSTRAINT).
-COPY <<EOF /opt/constraints.txt
-torch==2.9.1
-torchvision==0.24.1
-torchaudio==2.9.1
-sageattention==1.0.6
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+
+# Every pip install below is held to these versions (PIP_CONSTRAINT): torch and torchvision from the ARGs above,
+# the Triton that torch 2.14.1 brings, ComfyUI's own compiled packages, and the worker's dependencies.
+RUN cat > /opt/constraints.txt <<EOF
+torch==${TORCH_VERSION}
+torchvision==${TORCHVISION_VERSION}
+triton==3.8.0
+comfy-kitchen==0.2.31
+comfy-aimdo==0.4.13
 runpod==1.12.0
 websocket-client==1.9.2
 requests==2.34.2
 pydantic==2.13.4
+pydantic-settings==2.14.1
 boto3==1.44.8
 EOF
 
 RUN python3 -m venv "$VIRTUAL_ENV" \
     && pip install --no-cache-dir pip==25.3
 
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cu128 \
-        torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1
+# PyPI's build (CUDA 13.0), not an index of other CUDA builds.
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-ARG COMFYUI_VERSION=v0.3.76
-ARG COMFYUI_COMMIT=30c259cac8c08ff8d015f9aff3151cb525c9b702
+# ComfyUI's requirements.txt names torchaudio unpinned: without it, pip would take the newest torchaudio, built
+# for another torch. It is left out (see above); torch and torchvision are held by the constraints.
+ARG COMFYUI_VERSION=v0.33.0
+ARG COMFYUI_COMMIT=2f35f4a08176d993cded35dac3332be4f7287f41
 RUN git clone --depth 1 --branch "$COMFYUI_VERSION" https://github.com/Comfy-Org/ComfyUI.git /opt/ComfyUI \
     && test "$(git -C /opt/ComfyUI rev-parse HEAD)" = "$COMFYUI_COMMIT" \
     && rm -rf /opt/ComfyUI/.git \
-    && pip install --no-cache-dir -r /opt/ComfyUI/requirements.txt \
+    && grep -Ev '^torchaudio([^A-Za-z0-9_.-]|$)' /opt/ComfyUI/requirements.txt > /tmp/comfyui-requirements.txt \
+    && pip install --no-cache-dir -r /tmp/comfyui-requirements.txt \
+    && rm /tmp/comfyui-requirements.txt \
+    && ! pip show torchaudio >/dev/null 2>&1 \
     && python3 -m compileall -q -x '/tests' /opt/ComfyUI
-
-RUN pip install --no-cache-dir sageattention==1.0.6
 
 # --------------------------------------------------------------------------------------------- models
 # BAKE_MODELS=false: the models live on the network volume, fetched by start.sh on the first start.

@@ -5,23 +5,63 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 START_SH = REPO / "start.sh"
+DOCKERFILE = REPO / "Dockerfile"
 HERE = Path(__file__).resolve().parent
 STANDIN_COMFY = HERE / "standin_comfy.py"
 FAKE_WORKER = HERE / "fake_worker.py"
 # The stand-ins use the standard library only: isolated mode without site-packages starts them several times faster.
 FAST = ("-I", "-S")
+
+
+def shared_comfyui() -> Path:
+    """The shared folder's comfyui/ part: the source of the ComfyUI the tests run, and its README."""
+    base = os.environ.get("WAN_WORKER_SHARED")
+    return (Path(base) if base else REPO.parent / "shared") / "comfyui"
+
+
+def need_shared(path: Path) -> Path:
+    """``path`` inside the shared folder; CI always has it beside the checkout, elsewhere its absence skips."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI runs with the shared folder beside the checkout")
+        pytest.skip(f"{path} is missing (set WAN_WORKER_SHARED to the shared folder)")
+    return path
+
+
+def comfyui_version() -> str:
+    """The Dockerfile's ``ARG COMFYUI_VERSION``: the ComfyUI the image ships."""
+    match = re.search(r"^ARG COMFYUI_VERSION=(\S+)$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert match, "the Dockerfile declares ARG COMFYUI_VERSION"
+    return match.group(1)
+
+
+def comfyui_source_text(relative: str) -> str:
+    """A file of the shipped ComfyUI's source (e.g. ``comfy/cli_args.py``), read from the shared tarball."""
+    tarball = need_shared(shared_comfyui() / f"ComfyUI-{comfyui_version()}.tar.gz")
+    with tarfile.open(tarball) as archive:
+        for member in archive:
+            _, _, rest = member.name.partition("/")
+            if rest == relative and member.isfile():
+                handle = archive.extractfile(member)
+                assert handle is not None
+                return handle.read().decode("utf-8")
+    raise AssertionError(f"{tarball} has no {relative}")
 
 
 def free_port() -> int:

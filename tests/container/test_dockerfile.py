@@ -9,14 +9,41 @@ import subprocess
 
 import pytest
 
-from .harness import REPO
+from .harness import DOCKERFILE, REPO, comfyui_source_text, need_shared, shared_comfyui
 
 pytestmark = pytest.mark.timeout(60)
 
-DOCKERFILE = REPO / "Dockerfile"
 TEXT = DOCKERFILE.read_text(encoding="utf-8")
 # The first ComfyUI release with pull request #10975 (context windows slice Wan I2V's image conditioning).
-FIRST_GOOD_COMFYUI = (0, 3, 76)
+FIRST_GOOD_COMFYUI = (0, 4, 0)
+# The CUDA build of each torch release on PyPI (torch.version.cuda of its Linux wheel, as installed by the tests'
+# own ComfyUI environment). A new torch pin needs its line here, checked the same way.
+PYPI_TORCH_CUDA = {"2.14.1": (13, 0)}
+# The versions tests/real reads to build the ComfyUI it runs: one `ARG NAME=value` line each.
+PIN_ARGS = ("COMFYUI_VERSION", "COMFYUI_COMMIT", "TORCH_VERSION", "TORCHVISION_VERSION")
+
+
+def arg(name: str) -> str:
+    found = re.findall(rf"^ARG {name}=(\S+)$", TEXT, re.MULTILINE)
+    assert len(found) == 1, f"the Dockerfile must declare `ARG {name}=<value>` once, on a line of its own"
+    return found[0]
+
+
+def constraints() -> dict[str, str]:
+    """/opt/constraints.txt as the build writes it: name -> pinned version (ARG references kept)."""
+    block = re.search(r"^RUN cat > /opt/constraints.txt <<EOF\n(.*?)\nEOF$", TEXT, re.DOTALL | re.MULTILINE)
+    assert block, "the pinned versions live in /opt/constraints.txt, written by one RUN heredoc"
+    return dict(line.split("==", 1) for line in block.group(1).splitlines())
+
+
+def comfyui_requirements() -> dict[str, str]:
+    """The `name==version` pins of the shipped ComfyUI's requirements.txt (from the shared source tarball)."""
+    pins = {}
+    for line in comfyui_source_text("requirements.txt").splitlines():
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -68,16 +95,30 @@ def test_hadolint_is_clean() -> None:
 
 
 def test_comfyui_is_pinned_to_a_release_with_the_context_window_fix() -> None:
-    tag = re.search(r"^ARG COMFYUI_VERSION=v(\d+)\.(\d+)\.(\d+)$", TEXT, re.MULTILINE)
+    tag = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", arg("COMFYUI_VERSION"))
     assert tag, "ComfyUI must be pinned to a release tag: ARG COMFYUI_VERSION=vX.Y.Z"
     assert tuple(int(x) for x in tag.groups()) >= FIRST_GOOD_COMFYUI
-    commit = re.search(r"^ARG COMFYUI_COMMIT=([0-9a-f]{40})$", TEXT, re.MULTILINE)
-    assert commit, "the tag's commit must be pinned too"
+    assert re.fullmatch(r"[0-9a-f]{40}", arg("COMFYUI_COMMIT")), "the tag's commit must be pinned too"
     clone = [rest for word, rest in instructions() if word == "RUN" and "git clone" in rest]
     assert len(clone) == 1, "exactly one git clone: ComfyUI itself"
     assert '--branch "$COMFYUI_VERSION"' in clone[0]
     assert "github.com/Comfy-Org/ComfyUI.git" in clone[0]
     assert 'test "$(git -C /opt/ComfyUI rev-parse HEAD)" = "$COMFYUI_COMMIT"' in clone[0]
+
+
+def test_the_version_pins_are_one_arg_line_each() -> None:
+    for name in PIN_ARGS:
+        arg(name)
+    assert arg("COMFYUI_VERSION") == "v0.33.0"
+
+
+def test_comfyui_is_the_release_the_tests_run() -> None:
+    """The tag and commit are those of the ComfyUI source kept for the tests (tests/real runs it)."""
+    readme = need_shared(shared_comfyui() / "README.md").read_text(encoding="utf-8")
+    named = re.search(r"upstream tag `(v[\d.]+)`, commit\s+`([0-9a-f]{40})`", readme)
+    assert named, "the shared ComfyUI README names the upstream tag and commit of its source"
+    assert (arg("COMFYUI_VERSION"), arg("COMFYUI_COMMIT")) == (named.group(1), named.group(2))
+    need_shared(shared_comfyui() / f"ComfyUI-{arg('COMFYUI_VERSION')}.tar.gz")
 
 
 def test_no_custom_nodes_are_installed() -> None:
@@ -98,25 +139,60 @@ def test_nothing_is_latest_and_every_base_image_is_pinned() -> None:
         assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", image), f"base image without a version tag: {image}"
 
 
-def test_pytorch_and_sageattention_are_pinned() -> None:
-    constraints = re.search(r"COPY <<EOF /opt/constraints.txt\n(.*?)\nEOF", TEXT, re.DOTALL)
-    assert constraints, "the pinned versions live in /opt/constraints.txt"
-    pins = dict(line.split("==") for line in constraints.group(1).splitlines())
-    for name in ("torch", "torchvision", "torchaudio", "sageattention", "runpod"):
-        assert re.fullmatch(r"\d+(\.\d+)+", pins.get(name, "")), f"{name} is not pinned"
+def test_pytorch_is_pinned_by_the_args_and_comes_from_pypi() -> None:
+    pins = constraints()
     assert "PIP_CONSTRAINT=/opt/constraints.txt" in TEXT
-    # The CUDA build of torch matches the CUDA runtime of the base image.
-    base = re.search(
-        r"^FROM nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu[\d.]+ AS base$", TEXT, re.M
-    )
+    # One truth: the ARG lines (which tests/real reads too); the constraints and the install use them.
+    assert pins["torch"] == "${TORCH_VERSION}" and pins["torchvision"] == "${TORCHVISION_VERSION}"
+    installs = [
+        rest for word, rest in instructions() if word == "RUN" and re.search(r"pip install .*torch==", rest)
+    ]
+    assert installs == [
+        'pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"'
+    ]
+    assert not re.search(r"torch(vision)?==\d", TEXT), "torch versions are written once, in the ARG lines"
+    # PyPI's own build: no other index, so the CUDA build is the one PYPI_TORCH_CUDA names.
+    assert "--index-url" not in TEXT and "--extra-index-url" not in TEXT
+    assert "download.pytorch.org" not in TEXT
+    base = re.search(r"^FROM nvidia/cuda:(\d+)\.(\d+)\.\d+-runtime-ubuntu[\d.]+ AS base$", TEXT, re.M)
     assert base, "the base is an NVIDIA CUDA runtime image"
-    assert f"download.pytorch.org/whl/cu{base.group(1)}{base.group(2)}" in TEXT
-    for word, rest in instructions():
-        if word == "RUN" and "pip install" in rest:
-            for token in rest.split():
-                name = token.split("==")[0]
-                if name in {"torch", "torchvision", "torchaudio", "sageattention"}:
-                    assert "==" in token, f"{name} installed without a version"
+    torch = arg("TORCH_VERSION")
+    assert torch in PYPI_TORCH_CUDA, (
+        f"which CUDA is PyPI's torch {torch} built for? add it to PYPI_TORCH_CUDA"
+    )
+    assert (int(base.group(1)), int(base.group(2))) == PYPI_TORCH_CUDA[torch], (
+        "the base image's CUDA is torch's"
+    )
+    for name, version in pins.items():
+        if name not in {"torch", "torchvision"}:
+            assert re.fullmatch(r"\d+(\.\d+)+", version), f"{name} is not pinned to a version"
+    for name in ("triton", "comfy-kitchen", "comfy-aimdo", "runpod"):
+        assert name in pins, f"{name} is not pinned"
+
+
+def test_comfyuis_own_pins_are_kept() -> None:
+    """Where the shipped ComfyUI pins a package (comfy-kitchen, comfy-aimdo ...), the constraints agree with it."""
+    required = comfyui_requirements()
+    assert {"comfy-kitchen", "comfy-aimdo"} <= set(required)
+    for name, version in constraints().items():
+        if name in required:
+            assert version == required[name], (
+                f"{name}: ComfyUI {arg('COMFYUI_VERSION')} pins {required[name]}"
+            )
+
+
+def test_no_torchaudio_no_sageattention_no_compiler() -> None:
+    pins = constraints()
+    assert "torchaudio" not in pins and "sageattention" not in pins
+    assert not any("sageattention" in rest.lower() for _, rest in instructions())
+    # ComfyUI's requirements.txt names torchaudio: it is filtered out, and the build fails if anything brings it.
+    comfy = next(rest for word, rest in instructions() if word == "RUN" and "git clone" in rest)
+    assert "grep -Ev '^torchaudio([^A-Za-z0-9_.-]|$)' /opt/ComfyUI/requirements.txt" in comfy
+    assert "pip install --no-cache-dir -r /tmp/comfyui-requirements.txt" in comfy
+    assert "! pip show torchaudio" in comfy
+    apt = next(rest for word, rest in instructions() if word == "RUN" and "apt-get install" in rest)
+    packages = set(apt.split("--no-install-recommends", 1)[1].split("&&", 1)[0].split())
+    assert packages == {"python3", "python3-venv", "git", "ca-certificates", "curl", "tini"}
 
 
 def test_models_are_not_baked_by_default_and_a_build_arg_bakes_them() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,21 +11,26 @@ import yaml
 
 from worker.models.volume import FOLDER_KINDS, search_dirs
 
-from .harness import REPO
+from .harness import REPO, comfyui_source_text
 
 pytestmark = pytest.mark.timeout(30)
 
 PATHS_FILE = REPO / "extra_model_paths.yaml"
 
-# ComfyUI's folder names (folder_paths.folder_names_and_paths in v0.3.76), plus the legacy names it maps:
-# clip -> text_encoders, unet -> diffusion_models.
-COMFY_FOLDER_KINDS = {
-    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "style_models",
-    "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models", "custom_nodes",
-    "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders", "clip", "unet",
-}  # fmt: skip
+# The legacy folder names ComfyUI maps (folder_paths.map_legacy): clip -> text_encoders, unet -> diffusion_models.
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}
 SECTION_KEYS = {"base_path", "is_default"}
+
+
+def comfy_folder_kinds() -> set[str]:
+    """The folder kinds of the shipped ComfyUI (folder_paths.folder_names_and_paths), plus the legacy names."""
+    source = comfyui_source_text("folder_paths.py")
+    kinds = set(re.findall(r'^folder_names_and_paths\["([a-z0-9_]+)"\]', source, re.MULTILINE))
+    assert {"diffusion_models", "loras", "text_encoders", "vae", "clip_vision"} <= kinds, kinds
+    assert re.search(r'"unet": "diffusion_models",\s*"clip": "text_encoders"', source), (
+        "the legacy names changed"
+    )
+    return kinds | set(LEGACY)
 
 
 def load() -> dict[str, dict[str, object]]:
@@ -61,13 +67,12 @@ def comfy_search_paths(volume_root: str) -> dict[str, list[str]]:
 
 
 def test_parses_and_names_only_comfyui_folder_kinds() -> None:
+    comfy_kinds = comfy_folder_kinds()
     for name, section in load().items():
         assert isinstance(section, dict), name
         keys = set(section) - SECTION_KEYS
         assert keys, f"{name} names no folder"
-        assert keys <= COMFY_FOLDER_KINDS, (
-            f"{name}: not ComfyUI folder kinds: {sorted(keys - COMFY_FOLDER_KINDS)}"
-        )
+        assert keys <= comfy_kinds, f"{name}: not ComfyUI folder kinds: {sorted(keys - comfy_kinds)}"
         assert "custom_nodes" not in keys, "no custom nodes"
         for kind in keys:
             assert isinstance(section[kind], str) and section[kind].strip(), f"{name}.{kind}"
