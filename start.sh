@@ -2,8 +2,7 @@
 # Container entry point of the wan-worker image.
 #
 #   1. ensure the default models are on the volume (`python -m worker models ensure`);
-#   2. start ComfyUI on 127.0.0.1:$COMFY_PORT with the project's extra_model_paths.yaml and,
-#      when the package imports, --use-sage-attention;
+#   2. start ComfyUI on 127.0.0.1:$COMFY_PORT with the project's extra_model_paths.yaml;
 #   3. wait until ComfyUI answers GET /system_stats, failing at a deadline or as soon as it exits;
 #   4. run the RunPod worker (`python -m worker`, with the local API when SERVE_API_LOCALLY=true)
 #      and stay beside it as a small supervisor: SIGTERM goes to the worker (which finishes its
@@ -58,7 +57,6 @@ COMFY_POLL_INTERVAL_S=${COMFY_POLL_INTERVAL_S:-0.2}
 EXTRA_MODEL_PATHS=${EXTRA_MODEL_PATHS-$APP_DIR/extra_model_paths.yaml}
 COMFY_INPUT_DIR=${COMFY_INPUT_DIR:-}
 COMFY_OUTPUT_DIR=${COMFY_OUTPUT_DIR:-}
-USE_SAGE_ATTENTION=${USE_SAGE_ATTENTION:-auto}
 SKIP_MODEL_DOWNLOAD=${SKIP_MODEL_DOWNLOAD:-false}
 WORKER_CMD=${WORKER_CMD:-$PYTHON -m worker}
 WORKER_EXTRA_ARGS=${WORKER_EXTRA_ARGS:-}
@@ -79,12 +77,6 @@ start_timeout_ms=$REPLY
 to_ms STOP_TIMEOUT_S "$STOP_TIMEOUT_S"
 stop_timeout_ms=$REPLY
 to_ms COMFY_POLL_INTERVAL_S "$COMFY_POLL_INTERVAL_S"
-case "${USE_SAGE_ATTENTION,,}" in
-auto) sage_mode=auto ;;
-1 | true | yes | on) sage_mode=on ;;
-0 | false | no | off) sage_mode=off ;;
-*) die "USE_SAGE_ATTENTION must be auto, true or false, got '$USE_SAGE_ATTENTION'" ;;
-esac
 skip_models=0 serve_api=0
 if is_true SKIP_MODEL_DOWNLOAD "$SKIP_MODEL_DOWNLOAD"; then skip_models=1; fi
 if is_true SERVE_API_LOCALLY "$SERVE_API_LOCALLY"; then serve_api=1; fi
@@ -92,12 +84,16 @@ if [[ -n $EXTRA_MODEL_PATHS && ! -f $EXTRA_MODEL_PATHS ]]; then
 	die "EXTRA_MODEL_PATHS names no file: $EXTRA_MODEL_PATHS"
 fi
 
-read -r -a python_cmd <<<"$PYTHON"
+# The image no longer has SageAttention (see the Dockerfile); an endpoint that still sets this is told so.
+if [[ -n ${USE_SAGE_ATTENTION:-} ]]; then
+	log "USE_SAGE_ATTENTION is no longer read: the image has no SageAttention; ComfyUI uses PyTorch's attention"
+fi
+
 read -r -a comfy_cmd <<<"$COMFY_CMD"
 read -r -a comfy_extra <<<"$COMFY_EXTRA_ARGS"
 read -r -a worker_cmd <<<"$WORKER_CMD"
 read -r -a worker_extra <<<"$WORKER_EXTRA_ARGS"
-((${#python_cmd[@]})) || die "PYTHON is empty"
+[[ -n ${PYTHON//[[:space:]]/} ]] || die "PYTHON is empty"
 ((${#comfy_cmd[@]})) || die "COMFY_CMD is empty"
 ((${#worker_cmd[@]})) || die "WORKER_CMD is empty"
 
@@ -107,7 +103,7 @@ comfy_url="http://127.0.0.1:${COMFY_PORT}/system_stats"
 # Children are started in the background and waited for, so that a signal is handled at once
 # rather than after a foreground command ends. Background children of a non-interactive shell
 # ignore SIGINT, so SIGTERM is what is forwarded for both signals.
-models_pid="" sage_pid="" comfy_pid="" worker_pid=""
+models_pid="" comfy_pid="" worker_pid=""
 stopping=0 stop_signal=""
 
 alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
@@ -151,18 +147,12 @@ on_exit() {
 	stop_child "$worker_pid" "the worker"
 	stop_child "$comfy_pid" "ComfyUI"
 	stop_child "$models_pid" "the model download"
-	stop_child "$sage_pid" "the SageAttention check"
 }
 trap 'on_signal TERM' TERM
 trap 'on_signal INT' INT
 trap on_exit EXIT
 
-# --------------------------------------------------------------------------- 1. models (and the SageAttention check beside it)
-if [[ $sage_mode == auto ]]; then
-	"${python_cmd[@]}" -c 'import sageattention' >/dev/null 2>&1 &
-	sage_pid=$!
-fi
-
+# --------------------------------------------------------------------------- 1. models
 if ((skip_models)); then
 	log "SKIP_MODEL_DOWNLOAD=true: not checking the models on $VOLUME_ROOT"
 else
@@ -179,20 +169,6 @@ fi
 
 # --------------------------------------------------------------------------- 2. ComfyUI
 comfy_args=(--listen 127.0.0.1 --port "$COMFY_PORT" --disable-auto-launch)
-
-use_sage=0
-case $sage_mode in
-auto)
-	if wait "$sage_pid"; then
-		use_sage=1
-	else
-		log "sageattention does not import here; starting ComfyUI without --use-sage-attention"
-	fi
-	sage_pid=""
-	;;
-on) use_sage=1 ;;
-esac
-((use_sage)) && comfy_args+=(--use-sage-attention)
 [[ -z $EXTRA_MODEL_PATHS ]] || comfy_args+=(--extra-model-paths-config "$EXTRA_MODEL_PATHS")
 # The worker deletes each job's files from these folders (config: COMFY_INPUT_DIR, COMFY_OUTPUT_DIR).
 [[ -z $COMFY_INPUT_DIR ]] || comfy_args+=(--input-directory "$COMFY_INPUT_DIR")

@@ -120,13 +120,6 @@ class Harness:
         self.worker_record = self.tmp / "worker.jsonl"
         self.extra_model_paths = self.tmp / "extra_model_paths.yaml"
         self.extra_model_paths.write_text("wan:\n  base_path: ${VOLUME_ROOT}\n  vae: vae\n", encoding="utf-8")
-        # By default `import sageattention` fails, whatever the machine has installed.
-        self.no_sage = self.tmp / "no-sage"
-        (self.no_sage / "sageattention").mkdir(parents=True)
-        (self.no_sage / "sageattention" / "__init__.py").write_text("raise ImportError('no kernels here')\n")
-        self.sage = self.tmp / "sage"
-        (self.sage / "sageattention").mkdir(parents=True)
-        (self.sage / "sageattention" / "__init__.py").write_text("")
 
     def comfy_cmd(self, mode: str = "ready", *extra: str) -> str:
         return " ".join(
@@ -151,7 +144,6 @@ class Harness:
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
         env.update(
             PYTHON=sys.executable,
-            PYTHONPATH=str(self.no_sage),
             COMFY_CMD=self.comfy_cmd(),
             WORKER_CMD=self.worker_cmd(),
             COMFY_PORT=str(self.port),
@@ -161,7 +153,6 @@ class Harness:
             STOP_TIMEOUT_S="3",
             # Each step costs a Python start: the tests that are about them turn them on.
             SKIP_MODEL_DOWNLOAD="true",
-            USE_SAGE_ATTENTION="false",
         )
         env.update(overrides)
         return env

@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from .harness import START_SH, Harness, first, iter_pids, pid_alive
+from .harness import (
+    START_SH,
+    Harness,
+    Result,
+    first,
+    iter_pids,
+    pid_alive,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,27 +101,19 @@ def test_comfy_gets_the_design_flags_and_the_extra_args(harness: Harness) -> Non
     ]
 
 
-@pytest.mark.parametrize(
-    ("setting", "importable", "expected"),
-    [
-        ("auto", False, False),
-        ("", True, True),
-        ("true", False, True),
-        ("false", True, False),
-    ],
-)
-def test_sage_attention_flag(harness: Harness, setting: str, importable: bool, expected: bool) -> None:
-    result = harness.run(
-        WORKER_CMD=harness.worker_cmd("--exit", "0"),
-        USE_SAGE_ATTENTION=setting,
-        PYTHONPATH=str(harness.sage if importable else harness.no_sage),
-    )
-    assert result.code == 0, result.stderr
+def comfy_argv(result: Result) -> list[str]:
     start = first(result.comfy, "start")
-    assert start is not None
-    assert ("--use-sage-attention" in start["argv"]) is expected
-    if setting == "auto" and not importable:
-        assert "without --use-sage-attention" in result.stderr
+    assert start is not None, result.stderr
+    argv: list[str] = start["argv"]
+    return argv[argv.index("--listen") :]
+
+
+def test_no_sage_attention_and_an_old_setting_is_named(harness: Harness) -> None:
+    result = harness.run(WORKER_CMD=harness.worker_cmd("--exit", "0"), USE_SAGE_ATTENTION="true")
+    assert result.code == 0, result.stderr
+    assert "--use-sage-attention" not in comfy_argv(result)
+    assert "USE_SAGE_ATTENTION is no longer read" in result.stderr
+    assert "--use-sage-attention" not in START_SH.read_text(encoding="utf-8")
 
 
 def test_no_extra_model_paths_flag_when_the_setting_is_empty(harness: Harness) -> None:
@@ -240,7 +239,6 @@ def test_sigterm_while_waiting_for_comfy_stops_it(harness: Harness) -> None:
     [
         ("COMFY_START_TIMEOUT_S", "soon", "COMFY_START_TIMEOUT_S must be a number of seconds"),
         ("COMFY_PORT", "http", "COMFY_PORT must be a port number"),
-        ("USE_SAGE_ATTENTION", "maybe", "USE_SAGE_ATTENTION must be auto, true or false"),
         ("SKIP_MODEL_DOWNLOAD", "perhaps", "SKIP_MODEL_DOWNLOAD must be true or false"),
         ("SERVE_API_LOCALLY", "perhaps", "SERVE_API_LOCALLY must be true or false"),
     ],

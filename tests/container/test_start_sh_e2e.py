@@ -54,7 +54,7 @@ def test_start_sh_ensures_models_starts_comfy_and_runs_the_test_job(harness: Har
         result = harness.run(
             timeout=100,
             cwd=work,
-            PYTHONPATH=f"{harness.no_sage}:{REPO}:{REPO / 'src'}",
+            PYTHONPATH=f"{REPO}:{REPO / 'src'}",
             COMFY_CMD=f"{sys.executable} -m tests.emulator --no-default-models --output-dir {emulator_log}",
             COMFY_EXTRA_ARGS=model_dirs,
             WORKER_CMD=f"{sys.executable} -m worker",
