@@ -25,7 +25,7 @@ TEMPLATES = {"i2v": "wan22_i2v.json", "flf2v": "wan22_flf2v.json"}
 CONDITIONING_CLASS = {"i2v": "WanImageToVideo", "flf2v": "WanFirstLastFrameToVideo"}
 
 TEMPLATE_NODES: dict[str, str] = {
-    **{role.name: role.loader for role in roles.ROLES if not role.optional},
+    **{role.name: role.loader for role in roles.ROLES if role.in_template},
     "shift_high": "ModelSamplingSD3",
     "shift_low": "ModelSamplingSD3",
     "positive": "CLIPTextEncode",
@@ -39,7 +39,7 @@ TEMPLATE_NODES: dict[str, str] = {
 }
 """The nodes both templates must have: each model role's loader (its id is the role), and the rest."""
 OUTPUT_NODE = "save_video"
-LIGHTNING_NODES = ("lightning_high", "lightning_low")
+INTERPOLATE_NODE = "interpolate"
 EXPERTS = ("high", "low")
 
 
@@ -59,7 +59,7 @@ class LoraFiles:
 
 class ModelFiles:
     """The model file names the graph loads, by role (:mod:`worker.roles`), defaults already applied and
-    downloads already done; an optional role without a file is not loaded."""
+    downloads already done."""
 
     __slots__ = ("loras", "names")
 
@@ -113,7 +113,7 @@ def check_template(graph: Mapping[str, Mapping[str, Any]], mode: str) -> None:
 
 def step_offsets(job: JobInput) -> dict[str, int]:
     """Where each sampler's own steps start in the job's step count (for progress)."""
-    return {"sampler_high": 0, "sampler_low": int(job.high_noise_steps or 0)}
+    return {"sampler_high": 0, "sampler_low": job.high_noise_steps}
 
 
 def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, filename_prefix: str) -> Graph:
@@ -124,12 +124,14 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
 
     for role in roles.ROLES:
         name = files.get(role.name)
-        if name and role.optional:
-            _add_optional(graph, role, name, mode)
-        elif name:
-            _set(graph, role.name, **{role.input: name})
-        elif not role.optional and (job.lightning or role.name not in LIGHTNING_NODES):
+        if not role.used_by(job, named=bool(name)):
+            continue
+        if not name:
             raise ValueError(f"no file for the model role {role.name!r}")
+        if role.in_template:
+            _set(graph, role.name, **{role.input: name})
+        else:
+            _add_loader(graph, role, name, job)
     _set(graph, "positive", text=job.prompt)
     _set(graph, "negative", text=job.negative_prompt)
     _set(graph, "start_image", image=images.start)
@@ -144,14 +146,19 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
         tail = _context_windows(graph, job, expert, tail)
         graph[f"sampler_{expert}"]["inputs"]["model"] = [tail, 0]
 
-    steps, split = int(job.steps or 0), int(job.high_noise_steps or 0)
-    seed, cfg = int(job.seed or 0), float(job.cfg or 0.0)
+    steps, split, seed, cfg = job.steps, job.high_noise_steps, job.seed, float(job.cfg)
     _set(graph, "sampler_high", noise_seed=seed, steps=steps, cfg=cfg, start_at_step=0, end_at_step=split)
     _set(graph, "sampler_low", noise_seed=seed, steps=steps, cfg=cfg, start_at_step=split, end_at_step=10000)
-    _set(graph, "video", fps=float(job.fps))
-    _set(graph, "save_video", filename_prefix=filename_prefix)
+    _set(graph, "video", fps=float(job.output_fps))
+    _set(graph, "save_video", filename_prefix=filename_prefix, **save_video_encoding(job.crf))
 
     return graph
+
+
+def save_video_encoding(crf: int) -> dict[str, Any]:
+    """SaveVideo's ``codec`` input, a dynamic combo: H.264, re-encoded at ``crf``. ComfyUI's API format gives
+    a nested choice's inputs as keys joined with dots."""
+    return {"codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": float(crf)}
 
 
 def _copy_graph(template: Graph) -> Graph:
@@ -219,15 +226,31 @@ def _context_windows(graph: Graph, job: JobInput, expert: str, tail: str) -> str
     return node_id
 
 
-def _add_optional(graph: Graph, role: roles.ModelRole, name: str, mode: str) -> None:
-    """An optional model's loader, and the nodes that use it."""
+def _add_loader(graph: Graph, role: roles.ModelRole, name: str, job: JobInput) -> None:
+    """The loader of a model the templates do not load, and the nodes that use it."""
     graph[role.name] = {
         "class_type": role.loader,
         "inputs": {role.input: name},
         "_meta": {"title": role.title},
     }
     if role.name == "clip_vision":
-        _clip_vision(graph, mode)
+        _clip_vision(graph, job.mode)
+    elif role.name == "interpolation_model":
+        _interpolate(graph, role.name, job.interpolate)
+
+
+def _interpolate(graph: Graph, loader: str, multiplier: int) -> None:
+    """Decoded frames -> FrameInterpolate -> the video (whose fps is the job's output fps)."""
+    graph[INTERPOLATE_NODE] = {
+        "class_type": "FrameInterpolate",
+        "inputs": {
+            "interp_model": [loader, 0],
+            "images": graph["video"]["inputs"]["images"],
+            "multiplier": multiplier,
+        },
+        "_meta": {"title": f"Frame interpolation (x{multiplier})"},
+    }
+    graph["video"]["inputs"]["images"] = [INTERPOLATE_NODE, 0]
 
 
 def _clip_vision(graph: Graph, mode: str) -> None:

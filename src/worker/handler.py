@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import cleanup, deliver, graph, jobmodels, media
+from . import cleanup, deliver, framing, graph, jobmodels, media
 from .comfy import ComfyClient, Outcome, OutputFile, Watch
 from .config import Settings
 from .errors import (
@@ -123,6 +123,12 @@ async def run_job(run: JobRun) -> dict[str, Any]:
     job = validate(run)
     jobmodels.check_urls(job, run.settings)
     output_mode = deliver.resolve_output_mode(job.output, run.settings)
+
+    run.progress.stage("inputs")
+    started = time.monotonic()
+    start_image, end_image = await load_images(run, job)
+    framing.frame(job, start_image.width, start_image.height)
+    run.timed("inputs", started)
     log.info(
         "job %s: %s %dx%d, %d frames, %d steps, lightning %s, %d LoRA pairs",
         run.job_id,
@@ -134,11 +140,6 @@ async def run_job(run: JobRun) -> dict[str, Any]:
         job.lightning,
         len(job.lora_pairs),
     )
-
-    run.progress.stage("inputs")
-    started = time.monotonic()
-    start_image, end_image = await load_images(run, job)
-    run.timed("inputs", started)
 
     run.progress.stage("models")
     started = time.monotonic()
@@ -191,9 +192,13 @@ async def run_job(run: JobRun) -> dict[str, Any]:
             "height": job.height,
             "length": job.length,
             "fps": job.fps,
+            "interpolate": job.interpolate,
+            "output_length": job.output_length,
+            "output_fps": job.output_fps,
             "steps": job.steps,
             "high_noise_steps": job.high_noise_steps,
             "cfg": job.cfg,
+            "crf": job.crf,
             "lightning": job.lightning,
             "adjustments": [a.model_dump() for a in job.adjustments],
             "size_bytes": size,
@@ -261,11 +266,15 @@ async def upload_images(run: JobRun, start: media.ImageData, end: media.ImageDat
 def execute(run: JobRun, bound: graph.Graph, job: JobInput) -> Outcome:
     """Queue the graph and follow it to its end (blocking; runs in a thread)."""
     offsets = graph.step_offsets(job)
-    total = int(job.steps or 0)
+    total = job.steps
 
-    def on_progress(node: str, value: int, _max: int) -> None:
+    def on_progress(node: str, value: int, maximum: int) -> None:
         if node in offsets:
             run.progress.step(min(total, offsets[node] + value), total)
+        elif node == graph.INTERPOLATE_NODE:
+            if run.progress.stage_name != "interpolating":
+                run.progress.stage("interpolating")
+            run.progress.step(value, maximum)
 
     client_id = uuid.uuid4().hex
     with run.client.open_watch(client_id) as watch:

@@ -75,7 +75,7 @@ def wanted(files: ModelFiles, job: JobInput) -> Iterator[tuple[str, str, str]]:
     """(field, folder kind, file name) for every model the graph will load."""
     for role in roles.ROLES:
         name = files.get(role.name)
-        if name and (job.lightning or role.job_field):
+        if name and role.used_by(job, named=True):
             yield (role.name if role.job_field else "lightning"), role.kind, name
     for index, pair in enumerate(files.loras):
         for side, name in (("high", pair.high), ("low", pair.low)):

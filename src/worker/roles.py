@@ -30,8 +30,18 @@ class ModelRole:
     """What the file is, for documentation and messages."""
     job_field: bool = True
     """The job may name the file (``<name>``) or give a URL for it (``<name>_url``)."""
-    optional: bool = False
-    """Loaded only when the job names it; otherwise the manifest has a default file for it."""
+    default: bool = True
+    """The manifest has a default file for it; without one the file is loaded only when the job names it."""
+    when: str | None = None
+    """The job's boolean attribute that must be true for the graph to load it (``lightning`` ...)."""
+    in_template: bool = True
+    """Its loader node is in the templates; otherwise the binder adds the nodes that use it."""
+
+    def used_by(self, job: object, named: bool) -> bool:
+        """Whether the graph of ``job`` loads this model (``named``: the job names a file for it)."""
+        if self.when is not None and not getattr(job, self.when):
+            return False
+        return self.default or named
 
 
 ROLES: tuple[ModelRole, ...] = (
@@ -45,7 +55,17 @@ ROLES: tuple[ModelRole, ...] = (
         "CLIPVisionLoader",
         "clip_name",
         "a CLIP vision model whose image embedding conditions the video",
-        optional=True,
+        default=False,
+        in_template=False,
+    ),
+    ModelRole(
+        "interpolation_model",
+        "frame_interpolation",
+        "FrameInterpolationModelLoader",
+        "model_name",
+        "the frame interpolation model (FILM or RIFE)",
+        when="interpolates",
+        in_template=False,
     ),
     ModelRole(
         "lightning_high",
@@ -54,6 +74,7 @@ ROLES: tuple[ModelRole, ...] = (
         "lora_name",
         "the lightx2v 4-step LoRA of the high-noise expert",
         job_field=False,
+        when="lightning",
     ),
     ModelRole(
         "lightning_low",
@@ -62,6 +83,7 @@ ROLES: tuple[ModelRole, ...] = (
         "lora_name",
         "the lightx2v 4-step LoRA of the low-noise expert",
         job_field=False,
+        when="lightning",
     ),
 )
 

@@ -48,6 +48,16 @@ LIGHTNING_STEPS, LIGHTNING_CFG = 4, 1.0
 PLAIN_STEPS, PLAIN_CFG = 20, 3.5
 
 OutputMode = Literal["auto", "base64", "url"]
+Resolution = Literal["480p", "720p"]
+RESOLUTIONS: dict[str, int] = {"480p": 480, "720p": 720}
+"""Resolution presets: pixels on the video's short side."""
+DEFAULT_CRF = 19
+MAX_INTERPOLATION = 16
+MAX_OUTPUT_FRAMES = 1601
+"""Frames the delivered video may have after interpolation: decoded frames are held as 32-bit floats, so 1601
+frames of 832x480 already take 7.7 GB of RAM."""
+MAX_OUTPUT_FPS = 120.0
+"""ComfyUI's CreateVideo takes at most 120 fps."""
 
 
 def round_to_multiple(value: int, multiple: int) -> int:
@@ -193,10 +203,18 @@ class JobInput(_ModelOverrides):
     width: int = Field(
         default=480,
         description=f"pixels, rounded to a multiple of 16; {MIN_SIDE} to {MAX_SIDE} after rounding",
+        json_schema_extra=_doc("from the start image and resolution"),
     )
     height: int = Field(
         default=832,
         description=f"pixels, rounded to a multiple of 16; {MIN_SIDE} to {MAX_SIDE} after rounding",
+        json_schema_extra=_doc("from the start image and resolution"),
+    )
+    resolution: Resolution = Field(
+        default="480p",
+        description="without width and height, the video takes the start image's aspect ratio with this many "
+        "pixels on its short side (rounded to multiples of 16; the start image decides for FLF2V too); with one "
+        "of them, the other follows the image",
     )
     length: int = Field(
         default=81,
@@ -258,6 +276,22 @@ class JobInput(_ModelOverrides):
         default_factory=list, max_length=MAX_LORA_PAIRS, description="LoRAs on the experts, see below"
     )
 
+    interpolate: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_INTERPOLATION,
+        description="frame interpolation: each gap between two generated frames gets this many times the "
+        "frames, so n frames become (n-1)*interpolate+1 and the fps is multiplied too (2 turns 16 fps into 32); "
+        f"1 is off; the delivered video may have at most {MAX_OUTPUT_FRAMES} frames at most {MAX_OUTPUT_FPS:g} fps",
+    )
+    crf: int = Field(
+        default=DEFAULT_CRF,
+        ge=0,
+        le=51,
+        description="H.264 quality (constant rate factor): lower is sharper and larger; 19 keeps the fine "
+        "texture and smooth gradients of generated video free of visible blocking at about 1.5x the size of "
+        "x264's own default of 23",
+    )
     output: OutputMode = Field(
         default="auto", description="base64, url (the bucket), or auto (url when a bucket is configured)"
     )
@@ -311,7 +345,20 @@ class JobInput(_ModelOverrides):
             )
         if self.seed == -1:
             self.seed = secrets.randbelow(RANDOM_SEED_LIMIT)
+        self._check_interpolation()
         return self
+
+    def _check_interpolation(self) -> None:
+        if self.output_length > MAX_OUTPUT_FRAMES:
+            raise ValueError(
+                f"interpolate: {self.length} frames x{self.interpolate} would deliver {self.output_length} "
+                f"frames, more than {MAX_OUTPUT_FRAMES}; lower interpolate or length"
+            )
+        if self.output_fps > MAX_OUTPUT_FPS:
+            raise ValueError(
+                f"interpolate: {self.fps:g} fps x{self.interpolate} would be {self.output_fps:g} fps, more than "
+                f"{MAX_OUTPUT_FPS:g}; lower interpolate or fps"
+            )
 
     def _check_image_sources(self) -> None:
         starts = [n for n in ("image_url", "image_base64", "image_path") if getattr(self, n) is not None]
@@ -356,6 +403,19 @@ class JobInput(_ModelOverrides):
         """``flf2v`` when an end image is given, else ``i2v``."""
         has_end = self.end_image_url or self.end_image_base64 or self.end_image_path
         return "flf2v" if has_end else "i2v"
+
+    @property
+    def interpolates(self) -> bool:
+        return self.interpolate > 1
+
+    @property
+    def output_length(self) -> int:
+        """Frames of the delivered video: (length - 1) * interpolate + 1."""
+        return (self.length - 1) * self.interpolate + 1
+
+    @property
+    def output_fps(self) -> float:
+        return self.fps * self.interpolate
 
     @property
     def uses_context_windows(self) -> bool:

@@ -164,6 +164,13 @@ def test_long_video_adds_context_windows() -> None:
     assert "context_high" not in make(length=81)
 
 
+def test_save_video_re_encodes_at_the_jobs_crf() -> None:
+    inputs = make(crf=12)["save_video"]["inputs"]
+    assert (inputs["format"], inputs["codec"], inputs["codec.encoding"]) == ("mp4", "h264", "re-encode")
+    assert inputs["codec.encoding.crf"] == 12.0
+    assert make()["save_video"]["inputs"]["codec.encoding.crf"] == 19.0
+
+
 def test_context_window_options_reach_both_windows() -> None:
     g = make(length=85, context_freenoise=False, context_retain_first_frame=True)
     for expert in ("high", "low"):
@@ -198,3 +205,26 @@ def test_every_link_points_at_an_existing_node() -> None:
             for name, value in node["inputs"].items():
                 if isinstance(value, list):
                     assert value[0] in g, f"{node_id}.{name} -> {value}"
+
+
+def test_interpolation_goes_between_decode_and_the_video() -> None:
+    files = FILES.replace(interpolation_model="film.safetensors")
+    g = make(files=files, interpolate=3, fps=16, length=9)
+    assert g["interpolation_model"] == {
+        "class_type": "FrameInterpolationModelLoader",
+        "inputs": {"model_name": "film.safetensors"},
+        "_meta": {"title": "the frame interpolation model (FILM or RIFE)"},
+    }
+    assert g["interpolate"]["inputs"] == {
+        "interp_model": ["interpolation_model", 0],
+        "images": ["decode", 0],
+        "multiplier": 3,
+    }
+    assert g["video"]["inputs"]["images"] == ["interpolate", 0] and g["video"]["inputs"]["fps"] == 48.0
+    assert "interpolate" not in make(files=files) and "interpolation_model" not in make(files=files)
+
+
+@pytest.mark.parametrize("mode", ["i2v", "flf2v"])
+def test_interpolation_with_context_windows_and_both_modes(mode: str) -> None:
+    g = make(mode, files=FILES.replace(interpolation_model="f.safetensors"), interpolate=2, length=85)
+    assert "context_high" in g and g["video"]["inputs"]["images"] == ["interpolate", 0]

@@ -273,3 +273,21 @@ def test_each_job_model_role_has_a_name_and_a_url_field() -> None:
     for role in roles.ROLES:
         assert (role.name in FIELD_NAMES) == role.job_field
         assert (f"{role.name}_url" in FIELD_NAMES) == role.job_field
+
+
+def test_interpolation_multiplies_frames_and_fps_within_bounds() -> None:
+    job = parse_job_input({**BASE, "length": 81, "fps": 16, "interpolate": 2})
+    assert (job.output_length, job.output_fps, job.interpolates) == (161, 32.0, True)
+    off = parse_job_input(BASE)
+    assert (off.interpolate, off.output_length, off.interpolates) == (1, 81, False)
+    assert "more than 120" in problems({**BASE, "fps": 16, "interpolate": 8})[0]["message"]
+    too_long = problems({**BASE, "length": 801, "interpolate": 3})[0]
+    assert too_long["field"] == "interpolate" and "2401 frames, more than 1601" in too_long["message"]
+    assert problems({**BASE, "interpolate": 17})[0]["field"] == "interpolate"
+    assert problems({**BASE, "interpolate": 0})[0]["field"] == "interpolate"
+
+
+def test_crf_is_bounded() -> None:
+    assert parse_job_input(BASE).crf == 19
+    assert parse_job_input({**BASE, "crf": 0}).crf == 0
+    assert problems({**BASE, "crf": 52})[0]["field"] == "crf"

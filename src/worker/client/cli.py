@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..schema import DEFAULT_CRF, RESOLUTIONS
 from .api import (
     ApiError,
     Client,
@@ -92,8 +93,21 @@ def _job_options() -> argparse.ArgumentParser:
     group = parent.add_argument_group("job")
     group.add_argument("--prompt", required=True, help="what should happen in the video")
     group.add_argument("--negative-prompt", help="what to avoid (default: Wan's usual negative prompt)")
-    group.add_argument("--width", type=int, help="pixels, rounded to a multiple of 16 (default 480)")
-    group.add_argument("--height", type=int, help="pixels, rounded to a multiple of 16 (default 832)")
+    group.add_argument(
+        "--width",
+        type=int,
+        help="pixels, rounded to a multiple of 16 (default: from the image and --resolution)",
+    )
+    group.add_argument(
+        "--height",
+        type=int,
+        help="pixels, rounded to a multiple of 16 (default: from the image and --resolution)",
+    )
+    group.add_argument(
+        "--resolution",
+        choices=tuple(RESOLUTIONS),
+        help="the short side when no size is given; the image gives the aspect ratio (default 480p)",
+    )
     group.add_argument("--length", type=int, help="frames, rounded to 4n+1 (default 81)")
     group.add_argument("--fps", type=float, help="frames per second (default 16)")
     group.add_argument("--steps", type=int, help="sampling steps (default 4 with Lightning, else 20)")
@@ -126,6 +140,15 @@ def _job_options() -> argparse.ArgumentParser:
         default=[],
         metavar="HIGH,LOW[,HW[,LW]]",
         help="a LoRA pair: files on the volume or URLs, optional weights; repeat for more (at most 4)",
+    )
+    group.add_argument(
+        "--interpolate",
+        type=int,
+        metavar="N",
+        help="frame interpolation: N times the frames and the fps (default 1: off)",
+    )
+    group.add_argument(
+        "--crf", type=int, help=f"H.264 quality, 0-51, lower is sharper (default {DEFAULT_CRF})"
     )
     group.add_argument("--output-mode", choices=("auto", "base64", "url"), help="how the worker returns it")
     group.add_argument(
@@ -186,6 +209,7 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
         "negative_prompt": args.negative_prompt,
         "width": args.width,
         "height": args.height,
+        "resolution": args.resolution,
         "length": args.length,
         "fps": args.fps,
         "steps": args.steps,
@@ -198,6 +222,8 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
         "context_retain_first_frame": args.context_retain_first_frame,
         "lightning": args.lightning,
         "lora_pairs": args.lora or None,
+        "interpolate": args.interpolate,
+        "crf": args.crf,
         "output": args.output_mode,
     }
     fields.update(dict(args.extra))
