@@ -1,15 +1,24 @@
 """Settings from the environment, read once into a frozen object.
 
-Code that needs a setting takes the :class:`Settings` object (or the one value) as a parameter, so that tests
-build one with plain values: ``Settings.from_env({"COMFY_PORT": "9000"})``.
+Each setting is declared once below (type, default, bounds, Hub label, and its docstring as the description);
+its variable is its name in capitals unless an alias is given. The README's environment table and
+.runpod/hub.json's worker entries are generated from these declarations (:mod:`worker.docs`). Code takes the
+:class:`Settings` object (or one value) as a parameter, so tests build one with plain values:
+``Settings(comfy_port=9000)``, or ``Settings.from_env({"COMFY_PORT": "9000"})``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, AliasGenerator, BeforeValidator, Field, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[2]  # the repository, or /app in the image
 
 DEFAULT_ALLOWED_MODEL_HOSTS = (
     "huggingface.co",
@@ -24,164 +33,153 @@ DEFAULT_ALLOWED_MODEL_HOSTS = (
 """Hosts model URLs may name, and the CDN hosts they redirect to. ``*.hf.co`` style suffixes are matched."""
 
 
-def _repo_workflows_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "workflows"
-
-
 class SettingsError(ValueError):
     """An environment variable holds a value the worker cannot use."""
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+def setting(default: Any, label: str, *, ge: float | None = None, env: Any = None, **extra: Any) -> Any:
+    """A setting, shown in the Hub as ``label``. ``env``: its variable, when not its name in capitals.
+    ``extra``: ``basic`` (not among the Hub's advanced settings), ``secret`` (kept out of repr), ``shown``
+    (the README's default when it is no plain value; the Hub's is then empty, meaning the default), ``image``
+    (the value the container image sets)."""
+    info = {"label": label, **extra}
+    return Field(default, validation_alias=env, ge=ge, repr=not extra.get("secret"), json_schema_extra=info)
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
-    return value
+def _hosts(value: Any) -> Any:
+    return (
+        tuple(h.strip().lower() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
+    )
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
-    return value
+LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(str.upper)]
 
 
-def _str(env: Mapping[str, str], name: str, default: str = "") -> str:
-    raw = env.get(name)
-    return default if raw is None or raw.strip() == "" else raw.strip()
+class Settings(BaseSettings):
+    """Everything the worker reads from its environment."""
 
-
-def _path_or_none(env: Mapping[str, str], name: str) -> Path | None:
-    raw = _str(env, name)
-    return Path(raw) if raw else None
-
-
-def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return tuple(item.strip().lower() for item in raw.split(",") if item.strip())
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the worker reads from its environment. Documented in the README's environment table."""
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        alias_generator=AliasGenerator(validation_alias=str.upper),
+        validate_by_name=True,
+        use_attribute_docstrings=True,
+    )
 
     # ComfyUI
-    comfy_host: str = "127.0.0.1"
-    comfy_port: int = 8188
-    comfy_start_timeout_s: float = 600.0
-    comfy_idle_timeout_s: float = 900.0
-    job_timeout_s: float = 3600.0
-    http_timeout_s: float = 30.0
+    comfy_host: str = setting("127.0.0.1", "ComfyUI host", env=AliasChoices("COMFY_HOST", "SERVER_ADDRESS"))
+    """Where the worker finds ComfyUI: host, `host:port` or URL (also read as `SERVER_ADDRESS`). The container
+    starts its own ComfyUI on 127.0.0.1."""
+    comfy_port: int = setting(8188, "ComfyUI port", ge=1)
+    """ComfyUI's port."""
+    comfy_start_timeout_s: float = setting(600.0, "ComfyUI start deadline (s)", ge=0)
+    """How long a job, and start.sh, waits for ComfyUI to answer (start.sh then exits non-zero)."""
+    comfy_idle_timeout_s: float = setting(900.0, "ComfyUI silence limit (s)", ge=0.1)
+    """A job fails with `timeout` when ComfyUI sends nothing for this long."""
+    job_timeout_s: float = setting(3600.0, "Job timeout (s)", ge=1)
+    """The whole job's deadline: a job that runs longer is interrupted and fails."""
+    http_timeout_s: float = setting(30.0, "ComfyUI HTTP timeout (s)", ge=0.1, env="COMFY_HTTP_TIMEOUT_S")
+    """Timeout of each HTTP call to ComfyUI."""
 
     # Files
-    volume_root: Path = Path("/runpod-volume")
-    workflows_dir: Path = field(default_factory=_repo_workflows_dir)
-    comfy_input_dir: Path | None = None
-    comfy_output_dir: Path | None = None
+    volume_root: Path = setting(Path("/runpod-volume"), "Volume root")
+    """Where the network volume is mounted: models under `models/` (diffusion models), `loras/`,
+    `text_encoders/`, `vae/`, `clip_vision/`, or ComfyUI's `models/<kind>/` layout."""
+    workflows_dir: Path = setting(REPO / "workflows", "Workflows folder", image="/app/workflows")
+    """Where the graph templates (`wan22_i2v.json`, `wan22_flf2v.json`) are."""
+    comfy_input_dir: Path | None = setting(None, "ComfyUI input folder", image="/opt/ComfyUI/input")
+    """ComfyUI's input folder; when set, each job's uploads there are deleted after the job."""
+    comfy_output_dir: Path | None = setting(None, "ComfyUI output folder", image="/opt/ComfyUI/output")
+    """ComfyUI's output folder; when set, each job's video there is deleted once delivered."""
 
     # Inputs
-    max_input_image_mb: float = 20.0
-    max_input_image_pixels: int = 8192 * 8192
-    allow_private_urls: bool = False
+    max_input_image_mb: float = setting(20.0, "Largest input image (MB)", ge=0.001)
+    """Largest input image (URL, base64 or path)."""
+    max_input_image_pixels: int = setting(8192 * 8192, "Largest input image (pixels)", ge=1)
+    """Largest input image in pixels (8192 x 8192)."""
+    allow_private_urls: bool = setting(False, "Allow private URLs")
+    """Let image and model URLs reach private, loopback or link-local addresses (local testing only)."""
 
     # Outputs
-    inline_output_max_mb: float = 15.0
-    bucket_endpoint_url: str = ""
-    bucket_access_key_id: str = field(default="", repr=False)
-    bucket_secret_access_key: str = field(default="", repr=False)
-    bucket_name: str = ""
-    bucket_url_expiry_s: int = 7 * 24 * 3600
+    inline_output_max_mb: float = setting(15.0, "Largest inline video (MB)", ge=0)
+    """Largest video returned inline as base64; a larger one fails with a hint to configure a bucket."""
+    bucket_endpoint_url: str = setting("", "Bucket endpoint URL", basic=True)
+    """S3-compatible endpoint, e.g. `https://<bucket>.s3.<region>.amazonaws.com` (or without the bucket, with
+    `BUCKET_NAME`). With the two keys, videos are uploaded and returned as `video_url`."""
+    bucket_access_key_id: str = setting("", "Bucket access key ID", basic=True, secret=True)
+    """The bucket's access key ID. Never logged."""
+    bucket_secret_access_key: str = setting("", "Bucket secret access key", basic=True, secret=True)
+    """The bucket's secret access key. Never logged."""
+    bucket_name: str = setting("", "Bucket name")
+    """The bucket, when the endpoint URL does not name it."""
+    bucket_url_expiry_s: int = setting(7 * 24 * 3600, "Video URL lifetime (s)", ge=1)
+    """Validity of the returned presigned URL (at most 7 days)."""
 
     # Models
-    allowed_model_hosts: tuple[str, ...] = DEFAULT_ALLOWED_MODEL_HOSTS
-    allow_pickle_models: bool = False
-    allow_http_model_urls: bool = False
-    max_model_gb: float = 40.0
-    download_connections: int = 8
-    hf_token: str = field(default="", repr=False)
-    civitai_token: str = field(default="", repr=False)
-    model_lock_timeout_s: float = 3 * 3600.0
+    allowed_model_hosts: Annotated[tuple[str, ...], BeforeValidator(_hosts)] = setting(
+        DEFAULT_ALLOWED_MODEL_HOSTS, "Allowed model hosts", shown="Hugging Face, Civitai and their CDN hosts"
+    )
+    """Comma-separated hosts (and their subdomains) that model URLs and their redirects may name."""
+    allow_pickle_models: bool = setting(False, "Allow pickle model files")
+    """Allow `.ckpt`, `.pt`, `.pth`, `.bin` model files, which can run code when loaded."""
+    allow_http_model_urls: bool = setting(False, "Allow http model URLs")
+    """Allow plain http model URLs (local testing only)."""
+    max_model_gb: float = setting(40.0, "Largest model file (GB)", ge=0.001)
+    """Largest on-demand model download."""
+    download_connections: int = setting(8, "Download connections", ge=1)
+    """Ranged connections per large model download."""
+    model_read_timeout_s: float = setting(60.0, "Model read timeout (s)", ge=0.1)
+    """How long a model download waits for the server's next bytes before it tries again."""
+    model_lock_timeout_s: float = setting(3 * 3600.0, "Model lock timeout (s)", ge=1)
+    """How long a worker waits for another worker's download of the same file."""
+    hf_token: str = setting("", "Hugging Face token", basic=True, secret=True)
+    """Token for gated or private Hugging Face files named by a job's URLs (the default models need none); sent
+    only to Hugging Face, never logged."""
+    civitai_token: str = setting("", "Civitai token", basic=True, secret=True)
+    """Token for Civitai model URLs that require one; sent only to Civitai, never logged."""
 
-    # RunPod
-    progress_updates: bool = False
-
-    # Process
-    retain_freed_memory_mb: int = 512
+    # RunPod and the process
+    progress_updates: bool = setting(False, "Progress updates", shown="on when running on RunPod")
+    """Send per-step progress through RunPod (a few a second at most)."""
+    log_level: LogLevel = setting("INFO", "Log level")
+    """The worker's log level."""
+    retain_freed_memory_mb: int = setting(512, "Memory kept between jobs (MB)", ge=0)
+    """Memory freed by a job that the worker keeps for the next one instead of returning it; `0`: glibc's way."""
 
     @property
     def comfy_url(self) -> str:
-        host = self.comfy_host
-        if host.startswith(("http://", "https://")):
-            return (
-                host.rstrip("/") if ":" in host.split("//", 1)[1] else f"{host.rstrip('/')}:{self.comfy_port}"
-            )
-        if ":" in host and not host.startswith("["):
-            return f"http://{host}"
-        return f"http://{host}:{self.comfy_port}"
+        """``http://host:port`` from a host, ``host:port``, ``[v6]`` or URL, with ``comfy_port`` unless given."""
+        url = self.comfy_host.rstrip("/")
+        url = url if url.startswith(("http://", "https://")) else f"http://{url}"
+        return url if ":" in url.split("//", 1)[1].rsplit("]", 1)[-1] else f"{url}:{self.comfy_port}"
 
     @property
     def bucket_configured(self) -> bool:
         return bool(self.bucket_endpoint_url and self.bucket_access_key_id and self.bucket_secret_access_key)
 
     @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Values come from the constructor only: :meth:`from_env` reads the variables, once."""
+        return (init_settings,)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``env`` (``os.environ`` by default); unknown variables are ignored."""
-        e = os.environ if env is None else env
-        host = _str(e, "COMFY_HOST") or _str(e, "SERVER_ADDRESS", "127.0.0.1")
-        return cls(
-            comfy_host=host,
-            comfy_port=_int(e, "COMFY_PORT", 8188, minimum=1),
-            comfy_start_timeout_s=_float(e, "COMFY_START_TIMEOUT_S", 600.0),
-            comfy_idle_timeout_s=_float(e, "COMFY_IDLE_TIMEOUT_S", 900.0, minimum=0.1),
-            job_timeout_s=_float(e, "JOB_TIMEOUT_S", 3600.0, minimum=1.0),
-            http_timeout_s=_float(e, "COMFY_HTTP_TIMEOUT_S", 30.0, minimum=0.1),
-            volume_root=Path(_str(e, "VOLUME_ROOT", "/runpod-volume")),
-            workflows_dir=Path(_str(e, "WORKFLOWS_DIR", str(_repo_workflows_dir()))),
-            comfy_input_dir=_path_or_none(e, "COMFY_INPUT_DIR"),
-            comfy_output_dir=_path_or_none(e, "COMFY_OUTPUT_DIR"),
-            max_input_image_mb=_float(e, "MAX_INPUT_IMAGE_MB", 20.0, minimum=0.001),
-            max_input_image_pixels=_int(e, "MAX_INPUT_IMAGE_PIXELS", 8192 * 8192, minimum=1),
-            allow_private_urls=_bool(e, "ALLOW_PRIVATE_URLS", False),
-            inline_output_max_mb=_float(e, "INLINE_OUTPUT_MAX_MB", 15.0),
-            bucket_endpoint_url=_str(e, "BUCKET_ENDPOINT_URL"),
-            bucket_access_key_id=_str(e, "BUCKET_ACCESS_KEY_ID"),
-            bucket_secret_access_key=_str(e, "BUCKET_SECRET_ACCESS_KEY"),
-            bucket_name=_str(e, "BUCKET_NAME"),
-            bucket_url_expiry_s=_int(e, "BUCKET_URL_EXPIRY_S", 7 * 24 * 3600, minimum=1),
-            allowed_model_hosts=_list(e, "ALLOWED_MODEL_HOSTS", DEFAULT_ALLOWED_MODEL_HOSTS),
-            allow_pickle_models=_bool(e, "ALLOW_PICKLE_MODELS", False),
-            allow_http_model_urls=_bool(e, "ALLOW_HTTP_MODEL_URLS", False),
-            max_model_gb=_float(e, "MAX_MODEL_GB", 40.0, minimum=0.001),
-            download_connections=_int(e, "DOWNLOAD_CONNECTIONS", 8, minimum=1),
-            hf_token=_str(e, "HF_TOKEN"),
-            civitai_token=_str(e, "CIVITAI_TOKEN"),
-            model_lock_timeout_s=_float(e, "MODEL_LOCK_TIMEOUT_S", 3 * 3600.0, minimum=1.0),
-            progress_updates=_bool(e, "PROGRESS_UPDATES", bool(_str(e, "RUNPOD_WEBHOOK_POST_OUTPUT"))),
-            retain_freed_memory_mb=_int(e, "RETAIN_FREED_MEMORY_MB", 512),
-        )
+        """Read the settings from ``env`` (``os.environ`` by default). An empty variable counts as unset;
+        unknown variables are ignored. A bad value raises :class:`SettingsError` naming the variable."""
+        values: dict[str, Any] = {k: v.strip() for k, v in (os.environ if env is None else env).items()}
+        values = {k: v for k, v in values.items() if v and k.isupper()}
+        values.setdefault("PROGRESS_UPDATES", str(bool(values.get("RUNPOD_WEBHOOK_POST_OUTPUT"))))
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError("; ".join(map(_problem, exc.errors()))) from exc
+
+
+def _problem(error: ErrorDetails) -> str:
+    """``NAME must be <what is allowed>, got '<value>'``, from pydantic's "Input should be ..." message."""
+    allowed = (
+        "true or false" if error["type"] == "bool_parsing" else error["msg"].removeprefix("Input should be ")
+    )
+    return f"{error['loc'][0]} must be {allowed.split(', unable')[0]}, got {error['input']!r}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ def assert_next_job_succeeds(emulator: Emulator, settings: Settings) -> None:
 
 def test_hang_times_out_and_is_interrupted(emulator: Emulator, settings: Settings) -> None:
     emulator.set_faults(hang=True)
-    result, took = run(replace(settings, comfy_idle_timeout_s=1.0))
+    result, took = run(settings.model_copy(update={"comfy_idle_timeout_s": 1.0}))
     assert result["error_code"] == "timeout" and "COMFY_IDLE_TIMEOUT_S" in result["error"]
     assert took < 5
     state = emulator.state()
@@ -88,7 +87,7 @@ def test_missing_output_is_no_output(emulator: Emulator, settings: Settings, fau
 
 def test_output_too_large_without_a_bucket(emulator: Emulator, settings: Settings) -> None:
     emulator.set_faults(output_padding_mb=2)
-    result, _ = run(replace(settings, inline_output_max_mb=1.0))
+    result, _ = run(settings.model_copy(update={"inline_output_max_mb": 1.0}))
     assert result["error_code"] == "output_too_large"
     assert "INLINE_OUTPUT_MAX_MB" in result["error"] and "bucket" in result["error"]
     assert_next_job_succeeds(emulator, settings)

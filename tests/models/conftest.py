@@ -57,6 +57,6 @@ def settings(volume: Path) -> Settings:
         allowed_model_hosts=("127.0.0.1",),
         allow_http_model_urls=True,
         allow_private_urls=True,
-        http_timeout_s=5.0,
+        model_read_timeout_s=5.0,
         model_lock_timeout_s=20.0,
     )

@@ -160,7 +160,7 @@ def test_the_size_cap_holds_even_without_content_length(
     server: FileServer, settings: Settings, tmp_path: Path
 ) -> None:
     url = server.add("/m.safetensors", model_bytes(SIZE))
-    small = replace(settings, max_model_gb=SIZE / 2 / 1e9)
+    small = settings.model_copy(update={"max_model_gb": SIZE / 2 / 1e9})
     with pytest.raises(UrlNotAllowed, match="MAX_MODEL_GB"):
         fetch(url, tmp_path / ".m.part", small)
 

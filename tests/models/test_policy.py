@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from pydantic import ValidationError
 
@@ -39,7 +37,7 @@ def test_https_to_an_allowed_public_host_passes() -> None:
 def test_plain_http_is_refused_unless_allowed() -> None:
     message = refused("http://huggingface.co/a.safetensors")
     assert "high_model_url" in message and "https" in message and "ALLOW_HTTP_MODEL_URLS" in message
-    allowed = replace(STRICT, allow_http_model_urls=True)
+    allowed = STRICT.model_copy(update={"allow_http_model_urls": True})
     policy.check_model_url(
         "http://huggingface.co/a.safetensors", field="f", settings=allowed, resolver=resolver
     )
@@ -70,12 +68,14 @@ def test_subdomains_of_allowed_hosts_pass_and_wildcards_are_understood() -> None
 
 
 def test_an_allowed_host_resolving_to_a_private_address_is_refused() -> None:
-    settings = replace(STRICT, allowed_model_hosts=("internal.example",))
+    settings = STRICT.model_copy(update={"allowed_model_hosts": ("internal.example",)})
     assert "non-public address" in refused("https://internal.example/a.safetensors", settings)
 
 
 def test_loopback_is_refused_without_allow_private_urls() -> None:
-    settings = replace(STRICT, allowed_model_hosts=("127.0.0.1",), allow_http_model_urls=True)
+    settings = STRICT.model_copy(
+        update={"allowed_model_hosts": ("127.0.0.1",), "allow_http_model_urls": True}
+    )
     assert "non-public address" in refused("http://127.0.0.1:8080/a.safetensors", settings)
 
 
@@ -128,20 +128,20 @@ def test_the_policy_and_the_job_contract_share_one_name_rule() -> None:
 
 
 def test_pickle_formats_only_when_allowed() -> None:
-    allowed = replace(STRICT, allow_pickle_models=True)
+    allowed = STRICT.model_copy(update={"allow_pickle_models": True})
     for name in ("model.ckpt", "model.pt", "model.pth", "model.bin", "model.pkl", "ok-v1.2+fp8.safetensors"):
         assert policy.check_name(name, field="f", settings=allowed) == name
 
 
 def test_size_cap() -> None:
-    settings = replace(STRICT, max_model_gb=1.0)
+    settings = STRICT.model_copy(update={"max_model_gb": 1.0})
     policy.check_size(10**9, field="vae_url", url="https://h/x", settings=settings)
     with pytest.raises(UrlNotAllowed, match="MAX_MODEL_GB"):
         policy.check_size(10**9 + 1, field="vae_url", url="https://h/x", settings=settings)
 
 
 def test_tokens_go_only_to_their_own_hosts_over_https() -> None:
-    settings = replace(STRICT, hf_token="hf_SECRET", civitai_token="cv_SECRET")
+    settings = STRICT.model_copy(update={"hf_token": "hf_SECRET", "civitai_token": "cv_SECRET"})
     assert policy.auth_headers("https://huggingface.co/a", settings) == {"Authorization": "Bearer hf_SECRET"}
     assert policy.auth_headers("https://hf.co/a", settings) == {"Authorization": "Bearer hf_SECRET"}
     assert policy.auth_headers("https://civitai.com/api/download/models/1", settings) == {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,19 @@ def test_lists_and_secrets() -> None:
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"COMFY_PORT": "http"}, "COMFY_PORT must be a whole number"),
-        ({"ALLOW_PRIVATE_URLS": "perhaps"}, "true or false"),
-        ({"MAX_INPUT_IMAGE_MB": "-1"}, "at least"),
-        ({"JOB_TIMEOUT_S": "soon"}, "must be a number"),
+        ({"COMFY_PORT": "http"}, "COMFY_PORT must be a valid integer, got 'http'"),
+        ({"ALLOW_PRIVATE_URLS": "perhaps"}, "ALLOW_PRIVATE_URLS must be true or false"),
+        ({"MAX_INPUT_IMAGE_MB": "-1"}, "MAX_INPUT_IMAGE_MB must be greater than or equal to 0.001"),
+        ({"JOB_TIMEOUT_S": "soon"}, "JOB_TIMEOUT_S must be a valid number"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
     ],
 )
 def test_bad_values_say_which_variable(env: dict[str, str], fragment: str) -> None:
-    with pytest.raises(SettingsError, match=fragment):
+    with pytest.raises(SettingsError, match=re.escape(fragment)):
         Settings.from_env(env)
+
+
+def test_empty_means_unset_and_values_are_trimmed() -> None:
+    s = Settings.from_env({"COMFY_PORT": " ", "MODEL_READ_TIMEOUT_S": " 5 ", "LOG_LEVEL": "debug"})
+    assert (s.comfy_port, s.model_read_timeout_s, s.log_level) == (8188, 5.0, "DEBUG")
+    assert Settings.from_env({"PATH": "/bin", "comfy_port": "1"}) == Settings()

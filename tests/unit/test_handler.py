@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +66,16 @@ def test_cancellation_interrupts_comfyui_promptly(emulator: Emulator, settings: 
 
 def test_idle_timeout_interrupts_and_reports(emulator: Emulator, settings: Settings) -> None:
     emulator.set_faults(hang=True)
-    result = asyncio.run(handle(job(), replace(settings, comfy_idle_timeout_s=0.5)))
+    result = asyncio.run(handle(job(), settings.model_copy(update={"comfy_idle_timeout_s": 0.5})))
     assert result["error_code"] == "timeout" and result["error"].startswith("timeout: ")
     state = emulator.state()
     assert state["interrupts"] >= 1 and state["prompt_ids"][-1] in state["queue_deletes"]
 
 
 def test_comfyui_down_asks_for_a_new_worker(settings: Settings) -> None:
-    down = replace(settings, comfy_host="127.0.0.1", comfy_port=9, comfy_start_timeout_s=0.3)
+    down = settings.model_copy(
+        update={"comfy_host": "127.0.0.1", "comfy_port": 9, "comfy_start_timeout_s": 0.3}
+    )
     result = asyncio.run(handle(job(), down))
     assert result["error_code"] == "comfyui_unavailable"
     assert result["refresh_worker"] is True
@@ -95,7 +96,7 @@ def test_url_output_without_a_bucket_is_refused_before_work(emulator: Emulator, 
 def test_unexpected_failure_is_an_internal_error_without_traceback(
     settings: Settings, tmp_path: Path
 ) -> None:
-    broken = replace(settings, workflows_dir=tmp_path / "nowhere")
+    broken = settings.model_copy(update={"workflows_dir": tmp_path / "nowhere"})
     result = asyncio.run(handle(job(), broken))
     assert result["error_code"] == "internal_error"
     assert "Traceback" not in result["error"] and "job-1" in result["error"]
@@ -119,7 +120,7 @@ def test_a_model_the_policy_refuses_is_refused_before_any_work(
     before = emulator.state()
     with LocalServer() as images:
         images.routes["/start.png"] = Route(body=image_bytes(), headers={"Content-Type": "image/png"})
-        allowed = replace(settings, allow_private_urls=True)
+        allowed = settings.model_copy(update={"allow_private_urls": True})
         body = job(**fields)
         del body["input"]["image_base64"]
         body["input"]["image_url"] = images.url("/start.png")
