@@ -2,7 +2,8 @@
 # Container entry point of the wan-worker image.
 #
 #   1. ensure the default models are on the volume (`python -m worker models ensure`);
-#   2. start ComfyUI on 127.0.0.1:$COMFY_PORT with the project's extra_model_paths.yaml;
+#   2. start ComfyUI on 127.0.0.1:$COMFY_PORT with the project's extra_model_paths.yaml and
+#      --cache-classic (see "cache mode" below);
 #   3. wait until ComfyUI answers GET /system_stats, failing at a deadline or as soon as it exits;
 #   4. run the RunPod worker (`python -m worker`, with the local API when SERVE_API_LOCALLY=true)
 #      and stay beside it as a small supervisor: SIGTERM goes to the worker (which finishes its
@@ -169,6 +170,31 @@ fi
 
 # --------------------------------------------------------------------------- 2. ComfyUI
 comfy_args=(--listen 127.0.0.1 --port "$COMFY_PORT" --disable-auto-launch)
+
+# Cache mode: --cache-classic, unless COMFY_EXTRA_ARGS names a cache mode of its own (ComfyUI takes
+# one). Both classic and ComfyUI v0.33.0's default, RAM-pressure caching, keep from one prompt to
+# the next every node output the next prompt reuses: with the graphs' stable node ids and inputs,
+# the two 14 GB experts' loaders (and the LoRAs, text encoder and VAE), whether jobs switch between
+# I2V and FLF2V or not. RAM-pressure caching also drops outputs of the running prompt whenever free
+# RAM falls below a headroom (10% of the RAM, 2 to 10 GB) after a node: large intermediates first,
+# then any entry, the experts' loaders included. On a RunPod machine with limited RAM that happens
+# while the experts, the text encoder and a decoded video share it (and, in a container, the free
+# memory ComfyUI reads is the host's, so other tenants can set it off); a dropped loader makes the
+# next job read 14 GB from the network volume again. Classic caching drops, at the start of each
+# prompt, only what that prompt does not use, and never evicts for RAM; ComfyUI frees its pinned
+# memory under RAM pressure in either mode. The cost: the last job's intermediates (latents and
+# decoded frames, about 0.4 GB for 81 frames at 480x832) stay in RAM until the next job starts.
+cache_args=(--cache-classic)
+for arg in "${comfy_extra[@]}"; do
+	case $arg in
+	--cache-* | --high-ram)
+		log "COMFY_EXTRA_ARGS sets the cache mode ($arg); not adding --cache-classic"
+		cache_args=()
+		break
+		;;
+	esac
+done
+comfy_args+=("${cache_args[@]}")
 [[ -z $EXTRA_MODEL_PATHS ]] || comfy_args+=(--extra-model-paths-config "$EXTRA_MODEL_PATHS")
 # The worker deletes each job's files from these folders (config: COMFY_INPUT_DIR, COMFY_OUTPUT_DIR).
 [[ -z $COMFY_INPUT_DIR ]] || comfy_args+=(--input-directory "$COMFY_INPUT_DIR")

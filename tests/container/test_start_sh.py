@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from .harness import (
     START_SH,
     Harness,
     Result,
+    comfyui_source_text,
+    comfyui_version,
     first,
     iter_pids,
     pid_alive,
@@ -88,6 +91,7 @@ def test_comfy_gets_the_design_flags_and_the_extra_args(harness: Harness) -> Non
         "--port",
         str(harness.port),
         "--disable-auto-launch",
+        "--cache-classic",
         "--extra-model-paths-config",
         str(harness.extra_model_paths),
         "--input-directory",
@@ -106,6 +110,62 @@ def comfy_argv(result: Result) -> list[str]:
     assert start is not None, result.stderr
     argv: list[str] = start["argv"]
     return argv[argv.index("--listen") :]
+
+
+def comfyui_flags() -> set[str]:
+    """Every option the shipped ComfyUI's command line defines (comfy/cli_args.py of the shared source)."""
+    return set(re.findall(r'\.add_argument\(\s*"(--[a-z0-9-]+)"', comfyui_source_text("comfy/cli_args.py")))
+
+
+def comfyui_cache_flags() -> list[str]:
+    """The options of ComfyUI's cache group, which argparse lets a command line name only one of."""
+    source = comfyui_source_text("comfy/cli_args.py")
+    flags = re.findall(r'^cache_group\.add_argument\("(--[a-z0-9-]+)"', source, re.MULTILINE)
+    assert "--cache-classic" in flags and "--cache-ram" in flags, flags
+    return flags
+
+
+def test_comfyui_knows_every_flag_start_sh_passes(harness: Harness) -> None:
+    result = harness.run(
+        WORKER_CMD=harness.worker_cmd("--exit", "0"),
+        COMFY_INPUT_DIR=str(harness.tmp / "in"),
+        COMFY_OUTPUT_DIR=str(harness.tmp / "out"),
+    )
+    assert result.code == 0, result.stderr
+    passed = {a for a in comfy_argv(result) if a.startswith("--")}
+    assert "--cache-classic" in passed
+    assert passed - comfyui_flags() == set(), f"ComfyUI {comfyui_version()} has no such option"
+
+
+def test_classic_cache_is_the_default_once(harness: Harness) -> None:
+    result = harness.run(WORKER_CMD=harness.worker_cmd("--exit", "0"), COMFY_EXTRA_ARGS="--reserve-vram 1")
+    assert result.code == 0, result.stderr
+    argv = comfy_argv(result)
+    assert argv.count("--cache-classic") == 1
+    assert [a for a in argv if a.startswith("--cache-") or a == "--high-ram"] == ["--cache-classic"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["--cache-classic", "--cache-ram", "--cache-ram 4 32", "--cache-lru 16", "--cache-none", "--high-ram"],
+)
+def test_a_cache_mode_in_the_extra_args_replaces_the_default(harness: Harness, extra: str) -> None:
+    result = harness.run(WORKER_CMD=harness.worker_cmd("--exit", "0"), COMFY_EXTRA_ARGS=f"--fast {extra}")
+    assert result.code == 0, result.stderr
+    argv = comfy_argv(result)
+    # ComfyUI's cache options are mutually exclusive: only the one the deployment asked for is passed.
+    assert argv[-len(extra.split()) - 1 :] == ["--fast", *extra.split()]
+    assert argv.count("--cache-classic") == (1 if extra == "--cache-classic" else 0)
+    assert "not adding --cache-classic" in result.stderr
+
+
+def test_every_cache_option_of_comfyui_is_recognised_as_one(harness: Harness) -> None:
+    """start.sh steps aside for each option of ComfyUI's cache group, so that ComfyUI never gets two."""
+    text = START_SH.read_text(encoding="utf-8")
+    pattern = re.search(r"^\t(--cache-\* \| --high-ram)\)$", text, re.MULTILINE)
+    assert pattern, "start.sh recognises the cache options by the patterns --cache-* and --high-ram"
+    for flag in comfyui_cache_flags():
+        assert flag.startswith("--cache-") or flag == "--high-ram", flag
 
 
 def test_no_sage_attention_and_an_old_setting_is_named(harness: Harness) -> None:
