@@ -1,8 +1,10 @@
 """Progress updates to RunPod: the stage, step/steps while sampling, bytes while downloading a model.
 
 ``runpod.serverless.progress_update`` is fire-and-forget on its own thread and connection, so updates sent
-back to back can arrive out of order, even after the result. One background thread per job sends them, at
-most one per ``min_interval_s``. An update that comes sooner waits for its turn, and is never dropped: while
+back to back can arrive out of order, even after the result. One background thread per job sends them: a new
+stage ``stage_interval_s`` after the last update, so that even a job of a second shows every stage, and more
+of the same stage (steps, bytes) at most one per ``min_interval_s``. An update that comes sooner waits for its
+turn, and is never dropped: while
 it waits, a newer update of the same stage takes its place (the latest step or byte count wins), and an update
 of another stage queues behind it, so that every stage is sent, in order. ``close()`` discards whatever still
 waits: the result is on its way.
@@ -36,6 +38,7 @@ class ProgressReporter:
         *,
         enabled: bool,
         min_interval_s: float = 0.5,
+        stage_interval_s: float = 0.1,
         sender: Sender = runpod_sender,
         clock: Callable[[], float] = time.monotonic,
         close_timeout_s: float = 0.5,
@@ -43,6 +46,7 @@ class ProgressReporter:
         self.job = job
         self.enabled = enabled
         self.min_interval_s = min_interval_s
+        self.stage_interval_s = min(stage_interval_s, min_interval_s)
         self.sender = sender
         self.clock = clock
         self.close_timeout_s = close_timeout_s
@@ -50,6 +54,7 @@ class ProgressReporter:
         self._wake = threading.Condition()
         self._pending: list[dict[str, Any]] = []
         self._last_sent = float("-inf")
+        self._last_stage: str | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -106,10 +111,14 @@ class ProgressReporter:
                 if not self._pending:
                     self._wake.wait()
                     continue
-                wait = self._last_sent + self.min_interval_s - self.clock()
+                new_stage = self._pending[0]["stage"] != self._last_stage
+                interval = self.stage_interval_s if new_stage else self.min_interval_s
+                wait = self._last_sent + interval - self.clock()
                 if wait > 0:
                     self._wake.wait(wait)
                     continue
                 self._last_sent = self.clock()
-                return self._pending.pop(0)
+                update = self._pending.pop(0)
+                self._last_stage = update["stage"]
+                return update
             return None

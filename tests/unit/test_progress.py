@@ -93,6 +93,20 @@ def test_a_fast_job_sends_every_stage_in_order_with_the_latest_state() -> None:
     assert min(sent.gaps()) >= 0.9 * interval
 
 
+def test_a_one_second_job_shows_every_stage_with_the_default_intervals() -> None:
+    sent = Recorder()
+    progress = ProgressReporter({"id": "j"}, enabled=True, sender=sent)
+    started = time.monotonic()
+    for stage in ("inputs", "models", "comfyui", "sampling", "interpolating", "delivering"):
+        progress.stage(stage)
+        time.sleep(0.02)
+    wait_for(lambda: sent.stages()[-1:] == ["delivering"])
+    progress.close()
+    assert sent.stages() == ["inputs", "models", "comfyui", "sampling", "interpolating", "delivering"]
+    assert time.monotonic() - started < 1.0
+    assert min(sent.gaps()) >= 0.09
+
+
 def test_steps_are_throttled_and_the_last_step_is_sent() -> None:
     sent, interval = Recorder(), 0.1
     progress = reporter(sent, interval)
@@ -220,4 +234,9 @@ def test_a_model_download_reports_its_bytes_to_the_client(emulator: Emulator, se
         assert update["total"] == SIZE and update["percent"] == round(100 * update["bytes"] / SIZE, 1)
     assert [u["bytes"] for u in downloads] == sorted(u["bytes"] for u in downloads)
     assert downloads[-1]["bytes"] > 0
-    assert min(sent.gaps()) >= 0.45  # the handler's reporter: at most two a second
+    # the handler's reporter: a new stage 0.1 s after the last update, more of one stage at most two a second
+    assert min(sent.gaps()) >= 0.09
+    with sent.lock:
+        calls = list(sent.calls)
+    same_stage = [b[0] - a[0] for a, b in pairwise(calls) if a[1]["stage"] == b[1]["stage"]]
+    assert same_stage and min(same_stage) >= 0.45
