@@ -206,3 +206,28 @@ def test_local_test_run_exits_0_with_test_input_json(emulator: Emulator, tmp_pat
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "job local_test: done in" in done.stderr
     assert "data:image/png;base64,iVBOR" not in done.stdout + done.stderr, "payloads must not be logged"
+
+
+def test_a_landscape_image_without_a_size_gives_a_landscape_video(api: LocalApi) -> None:
+    landscape = data_uri(image_bytes("PNG", (640, 360), (40, 160, 90)))
+    body = api.runsync({"prompt": "a slow pan", "image_base64": landscape, "length": 9})
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    info = probe_b64(out["video"])
+    assert (info.width, info.height, out["width"], out["height"]) == (848, 480, 848, 480)
+    chosen = {a["field"]: a for a in out["adjustments"]}
+    assert chosen["width"]["used"] == 848 and "640x360" in chosen["width"]["reason"]
+    body = api.runsync({"prompt": "a slow pan", "image_base64": landscape, "length": 9, "resolution": "720p"})
+    assert (body["output"]["width"], body["output"]["height"]) == (1280, 720)
+
+
+def test_the_crf_reaches_save_video(api: LocalApi, emulator: Emulator) -> None:
+    body = api.runsync(job(crf=30))
+    assert body["status"] == "COMPLETED", body
+    assert body["output"]["crf"] == 30
+    inputs = last_graph(emulator)["save_video"]["inputs"]
+    assert (inputs["codec"], inputs["codec.encoding"], inputs["codec.encoding.crf"]) == (
+        "h264",
+        "re-encode",
+        30.0,
+    )
