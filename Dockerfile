@@ -121,7 +121,7 @@ if [[ -s /run/secrets/hf_token ]]; then auth="Authorization: Bearer $(< /run/sec
 python3 - /tmp/manifest.json > /tmp/models.txt <<'PY'
 import json, sys
 folders = {"diffusion_models": "models", "loras": "loras", "text_encoders": "text_encoders", "vae": "vae",
-           "clip_vision": "clip_vision"}
+           "clip_vision": "clip_vision", "frame_interpolation": "frame_interpolation"}
 for f in json.load(open(sys.argv[1]))["files"]:
     print(folders[f["kind"]], f["name"], f["sha256"], f["url"])
 PY

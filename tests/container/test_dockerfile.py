@@ -268,4 +268,8 @@ def test_baked_models_land_where_the_worker_looks_for_them() -> None:
     baked = "\n".join(rest for _, rest in stages()["models-true"])
     match = re.search(r"^folders = (\{.*?\})$", baked, re.MULTILINE | re.DOTALL)
     assert match, "the bake step maps each model kind to its volume folder"
-    assert ast.literal_eval(match.group(1)) == FOLDER_KINDS
+    folders = ast.literal_eval(match.group(1))
+    # Every kind the worker downloads into lands in the worker's folder for it (a manifest kind missing here
+    # fails the build with a KeyError); a kind the worker does not know yet would be ignored, not misplaced.
+    missing = {kind: folder for kind, folder in FOLDER_KINDS.items() if folders.get(kind) != folder}
+    assert not missing, f"the bake step puts these kinds elsewhere than the worker looks: {missing}"
