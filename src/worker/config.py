@@ -2,8 +2,8 @@
 
 Each setting is declared once below (type, default, bounds, Hub label, and its docstring as the description);
 its variable is its name in capitals unless an alias is given. The README's environment table and
-.runpod/hub.json's worker entries are generated from these declarations (:mod:`worker.docs`). Code takes the
-:class:`Settings` object (or one value) as a parameter, so tests build one with plain values:
+.runpod/hub.json's worker entries are generated from these declarations (:mod:`worker.settingsdoc`). Code
+takes the :class:`Settings` object (or one value) as a parameter, so tests build one with plain values:
 ``Settings(comfy_port=9000)``, or ``Settings.from_env({"COMFY_PORT": "9000"})``.
 """
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from worker.config import Settings, SettingsError
+from worker.settingsdoc import (
+    HUB,
+    README,
+    REGENERATE,
+    env_name,
+    hub_entry,
+    hub_env,
+    readme_table,
+    settings_table,
+)
 
 
 def test_defaults() -> None:
@@ -58,3 +69,30 @@ def test_empty_means_unset_and_values_are_trimmed() -> None:
     s = Settings.from_env({"COMFY_PORT": " ", "MODEL_READ_TIMEOUT_S": " 5 ", "LOG_LEVEL": "debug"})
     assert (s.comfy_port, s.model_read_timeout_s, s.log_level) == (8188, 5.0, "DEBUG")
     assert Settings.from_env({"PATH": "/bin", "comfy_port": "1"}) == Settings()
+
+
+# --------------------------------------------------------------------------------------------- generated docs
+
+
+def test_readme_table_is_generated_from_the_declaration() -> None:
+    current = readme_table(README.read_text(encoding="utf-8"))
+    assert current == settings_table(), f"README.md's settings table is out of date: run {REGENERATE}"
+
+
+def test_hub_entries_are_generated_from_the_declaration() -> None:
+    hub = json.loads(HUB.read_text(encoding="utf-8"))
+    assert hub["config"]["env"] == hub_env(hub), (
+        f".runpod/hub.json's settings are out of date: run {REGENERATE}"
+    )
+
+
+def test_hub_defaults_change_nothing() -> None:
+    """A deployment that keeps the Hub's defaults behaves as one that sets nothing (but for the values the
+    image itself sets, which the Hub repeats)."""
+    unset = Settings.from_env({})
+    for field in Settings.model_fields.values():
+        entry = hub_entry(field)["input"]
+        if "image" not in (field.json_schema_extra or {}):
+            value = entry["default"]
+            env = {env_name(field): str(value).lower() if isinstance(value, bool) else str(value)}
+            assert Settings.from_env(env) == unset, env
