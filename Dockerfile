@@ -106,11 +106,12 @@ RUN git clone --depth 1 --branch "$COMFYUI_VERSION" https://github.com/Comfy-Org
 # BAKE_MODELS=false: the models live on the network volume, fetched by start.sh on the first start.
 FROM base AS models-false
 
-# BAKE_MODELS=true: the default models (src/worker/models/manifest.json) are fetched here into the volume layout
-# at /runpod-volume, checked against their sha256, and the start-up check is skipped (SKIP_MODEL_DOWNLOAD=true):
-# the fastest cold start, with no network volume attached. (An attached network volume is mounted over
-# /runpod-volume and hides them: set SKIP_MODEL_DOWNLOAD=false to fill it.) This layer depends on the manifest
-# alone, so code changes do not fetch the models again.
+# BAKE_MODELS=true: the default models that start.sh would fetch (src/worker/models/manifest.json; not those a job
+# fetches on demand) are fetched here into the volume layout at /runpod-volume, checked against their sha256, and
+# the start-up check is skipped (SKIP_MODEL_DOWNLOAD=true): the fastest cold start, with no network volume
+# attached. (An attached network volume is mounted over /runpod-volume and hides them: set
+# SKIP_MODEL_DOWNLOAD=false to fill it.) This layer depends on the manifest alone, so code changes do not fetch
+# the models again.
 FROM base AS models-true
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY src/worker/models/manifest.json /tmp/manifest.json
@@ -123,7 +124,8 @@ import json, sys
 folders = {"diffusion_models": "models", "loras": "loras", "text_encoders": "text_encoders", "vae": "vae",
            "clip_vision": "clip_vision", "frame_interpolation": "frame_interpolation"}
 for f in json.load(open(sys.argv[1]))["files"]:
-    print(folders[f["kind"]], f["name"], f["sha256"], f["url"])
+    if f.get("fetch", "start") != "on_demand":  # files fetched by the first job that needs them stay out
+        print(folders[f["kind"]], f["name"], f["sha256"], f["url"])
 PY
 while read -r folder name sha url; do
     part="/runpod-volume/$folder/.$name.part"

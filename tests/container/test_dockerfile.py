@@ -203,6 +203,7 @@ def test_models_are_not_baked_by_default_and_a_build_arg_bakes_them() -> None:
     assert [w for w, _ in named["models-false"]] == ["FROM"], "without the argument nothing is fetched"
     baked = "\n".join(rest for _, rest in named["models-true"])
     assert "sha256sum -c" in baked, "baked models are checked against the manifest's sha256"
+    assert 'f.get("fetch", "start") != "on_demand"' in baked, "files a job fetches on demand are not baked"
     assert '"/runpod-volume/$folder/$name"' in baked, "baked into the default volume layout"
     assert "SKIP_MODEL_DOWNLOAD=true" in baked, "checked at build time: not hashed again at every start"
     assert "SKIP_MODEL_DOWNLOAD" not in "\n".join(rest for _, rest in named["base"] + named["final"])

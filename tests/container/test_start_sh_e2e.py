@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from worker.models.volume import FOLDER_KINDS
+
 from ..models.fileserver import FileServer
 from .harness import REPO, Harness, read_events
 
@@ -26,14 +28,18 @@ def tiny_safetensors(name: str) -> bytes:
 
 
 def serve_tiny_models(server: FileServer, target: Path) -> list[dict[str, object]]:
-    """Serves a tiny file under each default name; writes a manifest for them; returns its entries."""
-    files = []
+    """Serves a tiny file under the name of each file fetched at start; writes a manifest of them (entries fetched
+    on demand, by the jobs that need them, are kept as they are); returns the served entries."""
+    served, files = [], []
     for entry in json.loads(MANIFEST.read_text(encoding="utf-8"))["files"]:
+        if entry.get("fetch", "start") == "on_demand":
+            files.append(entry)
+            continue
         data = tiny_safetensors(entry["name"])
         url = server.add(f"/{entry['kind']}/{entry['name']}", data)
-        files.append({**entry, "url": url, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    target.write_text(json.dumps({"version": 1, "files": files}), encoding="utf-8")
-    return files
+        served.append({**entry, "url": url, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    target.write_text(json.dumps({"version": 1, "files": served + files}), encoding="utf-8")
+    return served
 
 
 def test_start_sh_ensures_models_starts_comfy_and_runs_the_test_job(harness: Harness) -> None:
@@ -44,7 +50,7 @@ def test_start_sh_ensures_models_starts_comfy_and_runs_the_test_job(harness: Har
     job["input"].update(width=128, height=128, length=5)
     (work / "test_input.json").write_text(json.dumps(job), encoding="utf-8")
     vol = harness.volume
-    folders = {"diffusion_models": "models", "loras": "loras", "text_encoders": "text_encoders", "vae": "vae"}
+    folders = FOLDER_KINDS  # kind -> volume folder, where `models ensure` downloads each default file
     model_dirs = " ".join(f"--model-dir {kind}={vol / folder}" for kind, folder in folders.items())
     manifest = harness.tmp / "manifest.json"
     emulator_log = harness.tmp / "emulator-out"
