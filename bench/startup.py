@@ -11,7 +11,7 @@ times, from the moment the stand-in listens (its own start, which start.sh canno
   own import and start-up.
 
 The target is the worker ready within 1 s of the stand-in's own start; the ratios printed are time / target
-(below 1.0 meets it). The run also reports start.sh's time before ComfyUI starts (settings, SageAttention check).
+(below 1.0 meets it). The run also reports start.sh's time before ComfyUI starts (reading its settings).
 """
 
 from __future__ import annotations
