@@ -1,16 +1,21 @@
 """The ComfyUI emulator, driven as a client drives ComfyUI: plain requests + websocket-client.
 
-Expected shapes and message orders are those recorded from ComfyUI v0.3.64.
+Expected shapes and message orders are those of ComfyUI v0.33.0: the recorded traces in ``tests/fixtures/traces``
+(copies of ``shared/comfyui/v0.33.0/traces``) are replayed and compared message by message, and the other
+expectations were checked against a v0.33.0 server.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import av
@@ -356,7 +361,8 @@ def test_i2v_success_messages_history_and_mp4(url: str, tmp_path: Any) -> None:
     number, pid, prompt, extra, outputs = entry["prompt"]
     assert (pid, prompt, outputs) == (prompt_id, graph, ["save_video"])
     assert isinstance(number, int)
-    assert set(extra) == {"client_id"}
+    assert set(extra) == {"client_id", "create_time"}
+    assert isinstance(extra["create_time"], int)
     assert entry["outputs"] == {"save_video": output}
     assert entry["meta"] == {
         "save_video": {
@@ -443,7 +449,7 @@ def test_caching_between_prompts(url: str, emu: Emulator) -> None:
     assert ran == ["sampler_high", "sampler_low", "decode", "video", "save_video"]
     assert emu.state()["cached"][second] == cached
 
-    # The very same prompt again: everything cached, the saver re-reports its file (trace: cached_resubmit).
+    # The very same prompt again: everything cached, the saver re-reports its file (as a v0.33.0 server does).
     third, msgs = run(url, graph)
     assert [summarize(m) for m in msgs] == [
         "status(q=1)",
@@ -517,6 +523,262 @@ def test_other_savers(url: str, tmp_path: Any) -> None:
     assert Image.open(io.BytesIO(resp.content)).format == "WEBP"
 
 
+# ---------------------------------------------------------------------------------- the recorded traces
+
+TRACES = Path(__file__).resolve().parent / "fixtures" / "traces"
+
+TRACE_MODELS = {
+    "diffusion_models": ["tiny_wan_i2v_high.safetensors", "tiny_wan_i2v_low.safetensors"],
+    "loras": ["tiny_lora.safetensors"],
+    "text_encoders": ["tiny_umt5_xxl_zero_fp8.safetensors"],
+    "vae": ["broken.safetensors", "tiny_wan_2.1_vae_random.safetensors"],
+    "frame_interpolation": ["tiny_film.safetensors"],
+}
+"""The files the recording server had (its object_info's COMBOs)."""
+
+SESSION = [
+    "tiny_wan22_i2v_e2e_success",
+    "tiny_wan22_flf2v_e2e_success",
+    "cached_resubmit",
+    "tiny_wan22_i2v_context_windows",
+    "tiny_wan22_i2v_interpolate_x2",
+    "wan22_i2v_exec_fail",
+    "interrupt",
+]
+"""The traces of one server session, in the order they were recorded (prompt numbers 10 to 16)."""
+
+# (frames, width, height, fps) of each session trace's video: the recorded server's files.
+SESSION_VIDEOS = {
+    "tiny_wan22_i2v_e2e_success": (9, 128, 128, 16.0),
+    "tiny_wan22_flf2v_e2e_success": (9, 128, 128, 16.0),
+    "cached_resubmit": (9, 128, 128, 16.0),
+    "tiny_wan22_i2v_context_windows": (33, 128, 128, 16.0),
+    "tiny_wan22_i2v_interpolate_x2": (17, 128, 128, 32.0),
+}
+
+
+def trace(name: str) -> dict[str, Any]:
+    return json.loads((TRACES / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def normalized(obj: Any, ids: dict[str, str]) -> Any:
+    """A message or history entry without what differs between runs: timestamps, the prompt and client ids
+    (replaced by placeholders) and the order of ``current_outputs`` (a set in ComfyUI)."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key in ("timestamp", "create_time"):
+                continue
+            value = normalized(value, ids)
+            out[key] = sorted(value) if key == "current_outputs" else value
+        return out
+    if isinstance(obj, list):
+        return [normalized(v, ids) for v in obj]
+    if isinstance(obj, str):
+        return ids.get(obj, obj)
+    return obj
+
+
+@dataclass
+class Replayed:
+    body: dict[str, Any]
+    messages: list[dict[str, Any]]
+    history: dict[str, Any]
+    ids: dict[str, str]
+    video: dict[str, Any] | None
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Replayed]:
+    """The session's prompts sent again, in order, to an emulator with the recording server's files.
+
+    The server had run prompts before the first trace (its loaders and text encodes were cached, its start
+    image not): one prompt with another start image stands in for them. The broken VAE file fails through the
+    ``exec_error_node`` fault; the interrupt arrives while ``conditioning`` runs, as recorded."""
+    out: dict[str, Replayed] = {}
+    tmp = tmp_path_factory.mktemp("replay")
+    with Emulator(models=TRACE_MODELS) as emu:
+        for name, color in (
+            ("rec_start.png", (220, 30, 30)),
+            ("rec_end.png", (30, 30, 220)),
+            ("warm.png", (9, 9, 9)),
+        ):
+            assert upload(emu.url, name, png_bytes(color, (128, 128))).status_code == 200
+        warm = copy.deepcopy(trace(SESSION[0])["request"]["prompt"])
+        warm["start_image"]["inputs"]["image"] = "warm.png"
+        warm["save_video"]["inputs"]["filename_prefix"] = "video/warm"
+        run(emu.url, warm)
+        for name in SESSION:
+            recorded = trace(name)
+            if name == "wan22_i2v_exec_fail":
+                emu.set_faults(exec_error_node="vae")
+            if name == "interrupt":
+                emu.configure(node_delay=5.0)
+            conn = Conn(emu.url)
+            try:
+                resp = post_prompt(emu.url, recorded["request"]["prompt"], conn.client_id)
+                assert resp.status_code == 200, resp.text
+                prompt_id = resp.json()["prompt_id"]
+                messages = [conn.hello]
+                if name == "interrupt":
+                    while not (
+                        messages[-1]["type"] == "executing" and messages[-1]["data"]["node"] == "conditioning"
+                    ):
+                        messages.append(conn.recv())
+                    requests.post(emu.url + "/interrupt", json={"prompt_id": prompt_id}, timeout=10)
+                messages += conn.until_done(prompt_id)
+            finally:
+                conn.close()
+            emu.reset(cache=False)
+            entry = history(emu.url, prompt_id)
+            video = None
+            if entry["outputs"]:
+                _, video = fetch_video(emu.url, entry["outputs"]["save_video"]["images"][0], tmp)
+            ids = {prompt_id: "<prompt_id>", conn.client_id: "<client_id>"}
+            out[name] = Replayed(resp.json(), messages, entry, ids, video)
+    return out
+
+
+def recorded_ids(recorded: dict[str, Any]) -> dict[str, str]:
+    return {recorded["body"]["prompt_id"]: "<prompt_id>", recorded["request"]["client_id"]: "<client_id>"}
+
+
+@pytest.mark.parametrize("name", SESSION)
+def test_replayed_messages_match_the_trace(session: dict[str, Replayed], name: str) -> None:
+    recorded = trace(name)
+    got = session[name]
+    assert [summarize(m) for m in got.messages] == [summarize(m) for m in recorded["ws_messages"]]
+    assert [summarize(m) for m in got.messages] == [
+        summarize({"type": t, "data": m["data"]})
+        for t, m in zip(recorded["ws_types"], recorded["ws_messages"], strict=True)
+    ]
+    want = [
+        normalized({"type": m["type"], "data": m["data"]}, recorded_ids(recorded))
+        for m in recorded["ws_messages"]
+    ]
+    assert [normalized(m, got.ids) for m in got.messages] == want
+
+
+@pytest.mark.parametrize("name", SESSION)
+def test_replayed_history_matches_the_trace(session: dict[str, Replayed], name: str) -> None:
+    recorded = trace(name)
+    got = session[name]
+    [want] = recorded["history"].values()
+    entry = normalized(got.history, got.ids)
+    want = normalized(want, recorded_ids(recorded))
+    assert isinstance(entry["prompt"][0], int)
+    entry["prompt"][0] = want["prompt"][0]  # the queue number: the recording server had run more prompts
+    assert entry == want
+    assert set(got.history["prompt"][3]) == {"client_id", "create_time"}
+    body = normalized(got.body, got.ids)
+    assert body == {**normalized(recorded["body"], recorded_ids(recorded)), "number": body["number"]}
+
+
+@pytest.mark.parametrize("name", sorted(SESSION_VIDEOS))
+def test_replayed_videos_have_the_recorded_frames(session: dict[str, Replayed], name: str) -> None:
+    video = session[name].video
+    assert video is not None
+    assert (video["count"], video["width"], video["height"], video["fps"]) == SESSION_VIDEOS[name]
+
+
+def test_cache_survives_a_prompt_that_fails_at_its_first_node(session: dict[str, Replayed]) -> None:
+    # The broken-VAE prompt failed before any node completed, so the good VAE's entry (last used by the
+    # interpolation prompt) was still cached for the interrupted one, as recorded.
+    cached = next(
+        m["data"]["nodes"] for m in session["interrupt"].messages if m["type"] == "execution_cached"
+    )
+    assert "vae" in cached
+    assert "vae" not in next(
+        m["data"]["nodes"] for m in session["wan22_i2v_exec_fail"].messages if m["type"] == "execution_cached"
+    )
+
+
+def _trace_graph() -> dict[str, Any]:
+    return copy.deepcopy(trace(SESSION[0])["request"]["prompt"])
+
+
+def _with_context_windows(graph: dict[str, Any]) -> dict[str, Any]:
+    windows = trace("tiny_wan22_i2v_context_windows")["request"]["prompt"]
+    for node in ("context_high", "context_low", "shift_high", "shift_low"):
+        graph[node] = copy.deepcopy(windows[node])
+    return graph
+
+
+VALIDATION_TRACE_CASES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "value_smaller_than_min": lambda g: g["sampler_high"]["inputs"].__setitem__("steps", 0),
+    "missing_model": lambda g: g["high_model"]["inputs"].__setitem__("unet_name", "missing.safetensors"),
+    "required_input_missing": lambda g: g["conditioning"]["inputs"].pop("width"),
+    "unknown_class": lambda g: g["decode"].__setitem__("class_type", "NoSuchNode"),
+    "context_without_freenoise": lambda g: _with_context_windows(g)["context_high"]["inputs"].pop(
+        "freenoise"
+    ),
+    "missing_image": lambda g: g["start_image"]["inputs"].__setitem__("image", "not_uploaded.png"),
+    "bad_link": lambda g: g["decode"]["inputs"].__setitem__("samples", ["nope", 0]),
+}
+
+
+@pytest.fixture(scope="module")
+def trace_emu() -> Iterator[Emulator]:
+    """An emulator with the recording server's files and uploads."""
+    with Emulator(models=TRACE_MODELS) as e:
+        for name, color in (("rec_start.png", (220, 30, 30)), ("rec_end.png", (30, 30, 220))):
+            assert upload(e.url, name, png_bytes(color, (128, 128))).status_code == 200
+        e.set_faults(hang=True)  # accepted prompts need not run
+        yield e
+        e.reset()
+
+
+@pytest.mark.parametrize("case", sorted(VALIDATION_TRACE_CASES))
+def test_validation_failures_match_the_trace(trace_emu: Emulator, case: str) -> None:
+    recorded = trace("validation_failures")[case]
+    graph = _trace_graph()
+    VALIDATION_TRACE_CASES[case](graph)
+    resp = post_prompt(trace_emu.url, graph)
+    assert (resp.status_code, resp.json()) == (recorded["status"], recorded["body"])
+
+
+def test_http_misc_matches_the_trace(trace_emu: Emulator) -> None:
+    recorded = trace("http_misc")
+    url = trace_emu.url
+    assert requests.get(url + "/models", timeout=10).json() == recorded["models"]
+    assert (
+        requests.get(url + "/models/diffusion_models", timeout=10).json()
+        == recorded["models_diffusion_models"]
+    )
+    assert requests.get(url + "/models/loras", timeout=10).json() == recorded["models_loras"]
+    assert requests.get(url + "/models/frame_interpolation", timeout=10).json() == ["tiny_film.safetensors"]
+    for folder in ("unknown", "unet", "clip"):
+        assert requests.get(url + f"/models/{folder}", timeout=10).status_code == recorded["models_unknown"]
+    assert requests.get(url + "/history/not-a-prompt", timeout=10).json() == recorded["history_unknown"]
+    assert requests.get(url + "/", timeout=10).status_code == recorded["root_status"]
+    trace_emu.reset()
+    assert requests.get(url + "/queue", timeout=10).json() == recorded["queue"]
+    trace_emu.set_faults(hang=True)
+    stats = requests.get(url + "/system_stats", timeout=10).json()
+    want = recorded["system_stats"]
+    assert set(stats) == set(want)
+    assert list(stats["system"]) == list(want["system"])
+    for key in ("comfyui_version", "required_frontend_version", "comfy_package_versions", "os"):
+        assert stats["system"][key] == want["system"][key]
+    assert [set(d) for d in stats["devices"]] == [set(d) for d in want["devices"]]
+
+
+def test_upload_matches_the_trace(trace_emu: Emulator) -> None:
+    recorded = trace("upload_image")
+    for name, color in (("start", (220, 30, 30)), ("end", (30, 30, 220))):
+        resp = upload(trace_emu.url, f"rec_{name}.png", png_bytes(color, (128, 128)))
+        assert (resp.status_code, resp.json()) == (recorded[name]["status"], recorded[name]["body"])
+
+
+def test_emulated_classes_have_the_recorded_definitions(trace_emu: Emulator) -> None:
+    recorded = json.loads((TRACES.parent / "object_info.json").read_text(encoding="utf-8"))
+    info = requests.get(trace_emu.url + "/object_info", timeout=10).json()
+    assert set(info) == set(recorded) - {"LoadVideo"}
+    for name, entry in info.items():
+        if name != "LoadImage":  # its COMBO lists the uploads, which differ
+            assert entry == recorded[name], name
+
+
 # ------------------------------------------------------------------------------------------- validation
 
 PROMPT_FAILED = {
@@ -560,7 +822,7 @@ NODE_ERROR_CASES = [
         {
             "type": "value_not_in_list",
             "message": "Value not in list",
-            "details": "sampler_name: 'euler_bogus' not in (list of length 42)",
+            "details": "sampler_name: 'euler_bogus' not in (list of length 44)",
             "extra_info": {
                 "input_name": "sampler_name",
                 "input_config": None,
@@ -744,10 +1006,21 @@ def test_multiple_node_errors(url: str) -> None:
         (
             lambda g: g.__setitem__("bogus", {"class_type": "FooNode", "inputs": {}}),
             {
-                "type": "invalid_prompt",
-                "message": "Cannot execute because node FooNode does not exist.",
+                "type": "missing_node_type",
+                "message": "Node 'FooNode' not found. The custom node may not be installed.",
                 "details": "Node ID '#bogus'",
-                "extra_info": {},
+                "extra_info": {"node_id": "bogus", "class_type": "FooNode", "node_title": "FooNode"},
+            },
+        ),
+        (
+            lambda g: g.__setitem__(
+                "bogus", {"class_type": "FooNode", "inputs": {}, "_meta": {"title": "My Foo"}}
+            ),
+            {
+                "type": "missing_node_type",
+                "message": "Node 'My Foo' not found. The custom node may not be installed.",
+                "details": "Node ID '#bogus'",
+                "extra_info": {"node_id": "bogus", "class_type": "FooNode", "node_title": "My Foo"},
             },
         ),
         (
@@ -762,10 +1035,11 @@ def test_multiple_node_errors(url: str) -> None:
         (
             lambda g: g["vae"].pop("class_type"),
             {
-                "type": "invalid_prompt",
-                "message": "Cannot execute because a node is missing the class_type property.",
+                "type": "missing_node_type",
+                "message": "Node 'ID #vae' has no class_type. The workflow may be corrupted or a custom node is "
+                "missing.",
                 "details": "Node ID '#vae'",
-                "extra_info": {},
+                "extra_info": {"node_id": "vae", "class_type": None, "node_title": None},
             },
         ),
     ],
@@ -801,7 +1075,15 @@ def test_no_prompt(url: str) -> None:
         _set("i2v", "length", 80),
         _set("sampler_high", "cfg", "1.0"),
         _set("i2v", "width", 832.0),
-        _set("save_video", "format", "anything"),  # newer-style COMBOs are not checked by ComfyUI
+        _set("video", "bit_depth", 9),  # step is not enforced
+        _set("vae", "unknown_input", 1),  # inputs a node does not have are ignored
+        # A dynamic combo is not checked: an unknown or missing choice drops it, and the node fails when it runs.
+        _set("save_video", "codec", "vp9"),
+        _del("save_video", "codec"),
+        _set("save_video", "codec.encoding", "bogus"),
+        lambda g: g["save_video"]["inputs"].update(
+            {"format": "mp4", "codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": 18}
+        ),
     ],
 )
 def test_accepts_what_comfyui_accepts(
@@ -813,6 +1095,311 @@ def test_accepts_what_comfyui_accepts(
     resp = post_prompt(url, graph)
     assert resp.status_code == 200, resp.text
     assert resp.json()["node_errors"] == {}
+
+
+# ---------------------------------------------------------------------------- v0.33.0's new input forms
+
+
+def _failed(details: str) -> dict[str, Any]:
+    return {**PROMPT_FAILED, "details": details}
+
+
+CRF_CONFIG = [
+    "FLOAT",
+    {
+        "tooltip": "Lower values produce higher quality and larger files.",
+        "default": 23.0,
+        "min": 0.0,
+        "max": 51.0,
+        "step": 1.0,
+    },
+]
+
+# Errors on the output node itself also appear in the top-level details (observed on a v0.33.0 server).
+OUTPUT_NODE_ERROR_CASES = [
+    (
+        {"codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": 60},
+        {
+            "type": "value_bigger_than_max",
+            "message": "Value 60.0 bigger than max of 51.0",
+            "details": "codec.encoding.crf",
+            "extra_info": {
+                "input_name": "codec.encoding.crf",
+                "input_config": CRF_CONFIG,
+                "received_value": 60.0,
+            },
+        },
+    ),
+    (
+        {"codec": "h264", "codec.encoding": "re-encode"},
+        {
+            "type": "required_input_missing",
+            "message": "Required input is missing",
+            "details": "crf",
+            "extra_info": {"input_name": "codec.encoding.crf"},
+        },
+    ),
+    (
+        {"codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": "abc"},
+        {
+            "type": "invalid_input_type",
+            "message": "Failed to convert an input value to a FLOAT value",
+            "details": "codec.encoding.crf, abc, could not convert string to float: 'abc'",
+            "extra_info": {
+                "input_name": "codec.encoding.crf",
+                "input_config": CRF_CONFIG,
+                "received_value": "abc",
+                "exception_message": "could not convert string to float: 'abc'",
+            },
+        },
+    ),
+    (
+        {"format": "anything"},
+        {
+            "type": "value_not_in_list",
+            "message": "Value not in list",
+            "details": "format: 'anything' not in ['auto', 'mp4']",
+            "extra_info": {
+                "input_name": "format",
+                "input_config": [
+                    "COMBO",
+                    {
+                        "tooltip": "The format to save the video as.",
+                        "default": "auto",
+                        "multiselect": False,
+                        "options": ["auto", "mp4"],
+                    },
+                ],
+                "received_value": "anything",
+            },
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("inputs", "error"), OUTPUT_NODE_ERROR_CASES)
+def test_save_video_inputs_are_checked(url: str, inputs: dict[str, Any], error: dict[str, Any]) -> None:
+    graph = wan_graph()
+    graph["save_video"]["inputs"].update(inputs)
+    resp = post_prompt(url, graph)
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": _failed(f"{error['message']}: {error['details']}"),
+        "node_errors": {
+            "save_video": {"errors": [error], "dependent_outputs": ["save_video"], "class_type": "SaveVideo"}
+        },
+    }
+
+
+def test_context_windows_require_the_new_inputs(url: str) -> None:
+    graph = wan_graph()
+    graph["context_high"] = {
+        "class_type": "WanContextWindowsManual",
+        "inputs": {
+            "model": ["lora_high", 0],
+            "context_length": 81,
+            "context_overlap": 30,
+            "context_schedule": "standard_static",
+            "context_stride": 1,
+            "closed_loop": False,
+            "fuse_method": "pyramid",
+        },
+    }
+    graph["shift_high"]["inputs"]["model"] = ["context_high", 0]
+    resp = post_prompt(url, graph)
+    assert resp.status_code == 400
+    entry = resp.json()["node_errors"]["context_high"]
+    assert entry["class_type"] == "WanContextWindowsManual"
+    # ComfyUI checks a node's inputs in set order: the order of the three errors varies between its runs.
+    assert sorted(entry["errors"], key=lambda e: e["details"]) == [
+        {
+            "type": "required_input_missing",
+            "message": "Required input is missing",
+            "details": name,
+            "extra_info": {"input_name": name},
+        }
+        for name in ("freenoise", "retain_first_frame", "split_conds_to_windows")
+    ]
+    graph["context_high"]["inputs"].update(
+        freenoise=True, retain_first_frame=False, split_conds_to_windows=False
+    )
+    graph["context_high"]["inputs"]["context_schedule"] = "bogus"
+    [error] = post_prompt(url, graph).json()["node_errors"]["context_high"]["errors"]
+    assert error["details"] == (
+        "context_schedule: 'bogus' not in ['standard_static', 'standard_uniform', 'looped_uniform', 'batched']"
+    )
+
+
+def test_codec_that_names_no_option_fails_when_the_node_runs(url: str) -> None:
+    for inputs in ({"codec": "vp9"}, {"codec": None}, {"codec": {"codec": "h264"}}):
+        graph = wan_graph(prefix="video/codec")
+        graph["save_video"]["inputs"].update(inputs)
+        if inputs["codec"] is None:
+            del graph["save_video"]["inputs"]["codec"]
+        _, msgs = run(url, graph)
+        assert [summarize(m) for m in msgs][-3:] == ["execution_error", "status(q=0)", "executing(node=None)"]
+        err = msgs[-3]["data"]
+        assert (err["node_id"], err["exception_type"]) == ("save_video", "TypeError")
+        assert (
+            err["exception_message"]
+            == "SaveVideo.execute() missing 1 required positional argument: 'codec'\n"
+        )
+        assert sorted(err["current_inputs"]) == ["filename_prefix", "format", "video"]
+        assert err["current_inputs"]["video"][0].startswith(
+            "<comfy_api.latest._input_impl.video_types.VideoFromComponents object at 0x"
+        )
+
+
+def test_reencode_crf_sets_the_quality(url: str, tmp_path: Any) -> None:
+    noise = io.BytesIO()
+    Image.effect_noise((128, 96), 60).convert("RGB").save(noise, "PNG")
+    assert upload(url, "noise.png", noise.getvalue()).status_code == 200
+    sizes = {}
+    for crf in (10, 40):
+        graph = {
+            "img": {"class_type": "LoadImage", "inputs": {"image": "noise.png"}},
+            "rep": {"class_type": "RepeatImageBatch", "inputs": {"image": ["img", 0], "amount": 9}},
+            "video": {"class_type": "CreateVideo", "inputs": {"images": ["rep", 0], "fps": 16.0}},
+            "save": {
+                "class_type": "SaveVideo",
+                "inputs": {
+                    "video": ["video", 0],
+                    "filename_prefix": f"crf/{crf}",
+                    "format": "mp4",
+                    "codec": "h264",
+                    "codec.encoding": "re-encode",
+                    "codec.encoding.crf": crf,
+                },
+            },
+        }
+        prompt_id, _ = run(url, graph)
+        path, info = fetch_video(url, history(url, prompt_id)["outputs"]["save"]["images"][0], tmp_path)
+        assert info["count"] == 9
+        sizes[crf] = os.path.getsize(path)
+    assert sizes[10] > sizes[40] * 1.5
+
+
+def test_save_video_passes_its_video_on(url: str, tmp_path: Any) -> None:
+    # SaveVideo now has an output; GetVideoComponents takes a video apart.
+    graph = wan_graph(prefix="video/first")
+    graph["parts"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["save_video", 0]}}
+    graph["again"] = {"class_type": "CreateVideo", "inputs": {"images": ["parts", 0], "fps": ["parts", 2]}}
+    graph["save_again"] = {
+        "class_type": "SaveVideo",
+        "inputs": {
+            "video": ["again", 0],
+            "filename_prefix": "video/second",
+            "format": "auto",
+            "codec": "auto",
+        },
+    }
+    prompt_id, _ = run(url, graph)
+    outputs = history(url, prompt_id)["outputs"]
+    _, info = fetch_video(url, outputs["save_again"]["images"][0], tmp_path)
+    assert (info["count"], info["fps"]) == (9, 16.0)
+
+
+@pytest.fixture
+def with_interpolation_model(emu: Emulator) -> Iterator[None]:
+    emu.configure(models={**DEFAULT_MODELS, "frame_interpolation": ["film_net_fp16.safetensors"]})
+    yield
+    emu.configure(models=DEFAULT_MODELS)
+
+
+@pytest.mark.usefixtures("with_interpolation_model")
+def test_frame_interpolation_of_a_cross_fade(url: str, tmp_path: Any) -> None:
+    graph = wan_graph(flf2v=True, length=9, prefix="video/interp")
+    graph["interp_model"] = {
+        "class_type": "FrameInterpolationModelLoader",
+        "inputs": {"model_name": "film_net_fp16.safetensors"},
+    }
+    graph["interpolate"] = {
+        "class_type": "FrameInterpolate",
+        "inputs": {"interp_model": ["interp_model", 0], "images": ["decode", 0], "multiplier": 3},
+    }
+    graph["video"]["inputs"].update(images=["interpolate", 0], fps=48.0)
+    prompt_id, msgs = run(url, graph)
+    # One progress update per pair of input frames, counting the frames made between them.
+    progress = [(m["data"]["value"], m["data"]["max"]) for m in msgs if m["type"] == "progress"]
+    assert progress[-8:] == [(2 * i, 16) for i in range(1, 9)]
+    _, info = fetch_video(url, history(url, prompt_id)["outputs"]["save_video"]["images"][0], tmp_path)
+    assert (info["count"], info["fps"]) == ((9 - 1) * 3 + 1, 48.0)
+    assert close_to(info["first"].getpixel((32, 24)), (220, 30, 30))
+    assert close_to(info["middle"].getpixel((32, 24)), (125, 30, 125))
+    assert close_to(info["last"].getpixel((32, 24)), (30, 30, 220))
+    graph["interp_model"]["inputs"]["model_name"] = "rife.safetensors"
+    [error] = post_prompt(url, graph).json()["node_errors"]["interp_model"]["errors"]
+    assert error["details"] == "model_name: 'rife.safetensors' not in ['film_net_fp16.safetensors']"
+
+
+def test_dependency_cycle_is_a_validation_error(url: str) -> None:
+    graph = wan_graph()
+    graph["lora_high"]["inputs"]["model"] = ["shift_high", 0]
+    body = post_prompt(url, graph).json()
+    assert body["error"] == PROMPT_FAILED
+    details = (
+        "shift_high (ModelSamplingSD3) -> lora_high (LoraLoaderModelOnly) -> shift_high (ModelSamplingSD3)"
+    )
+    assert body["node_errors"] == {
+        node: {
+            "errors": [
+                {
+                    "type": "dependency_cycle",
+                    "message": "Dependency cycle detected",
+                    "details": details,
+                    "extra_info": {"node_id": node, "cycle_nodes": ["shift_high", "lora_high"]},
+                }
+            ],
+            "dependent_outputs": ["save_video"],
+            "class_type": class_type,
+        }
+        for node, class_type in (("shift_high", "ModelSamplingSD3"), ("lora_high", "LoraLoaderModelOnly"))
+    }
+
+
+def test_prompt_of_the_wrong_shape_is_a_server_error(url: str) -> None:
+    graph = wan_graph()
+    graph["vae"] = "not a node"
+    resp = post_prompt(url, graph)
+    assert (resp.status_code, resp.text) == (500, "500 Internal Server Error\n\nServer got itself in trouble")
+
+
+@pytest.mark.parametrize("prompt_id", ["abc", "6F9619FF-8B86-D011-B42D-00C04FC964FF", "", 5])
+def test_client_prompt_id_must_be_a_canonical_uuid(url: str, prompt_id: Any) -> None:
+    resp = post_prompt(url, wan_graph(), prompt_id=prompt_id)
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": {
+            "type": "invalid_prompt_id",
+            "message": "prompt_id must be a valid UUID",
+            "details": "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the "
+            "server generate one",
+            "extra_info": {},
+        },
+        "node_errors": {},
+    }
+
+
+def test_history_delay_opens_the_race_after_execution_success(url: str, emu: Emulator) -> None:
+    # ComfyUI sends execution_success before it writes the history entry; history_delay widens that window so
+    # that a client reading /history on execution_success reliably finds nothing.
+    emu.configure(history_delay=0.5)
+    conn = Conn(url)
+    try:
+        prompt_id = post_prompt(url, wan_graph(prefix="video/race"), conn.client_id).json()["prompt_id"]
+        while conn.recv()["type"] != "execution_success":
+            pass
+        assert requests.get(f"{url}/history/{prompt_id}", timeout=10).json() == {}
+        started = time.monotonic()
+        rest = [conn.recv(timeout=5), conn.recv(timeout=5)]
+        assert time.monotonic() - started > 0.3
+        # status (sent once the entry is written), then executing null: now the entry is there.
+        assert [summarize(m) for m in rest] == ["status(q=0)", "executing(node=None)"]
+        assert history(url, prompt_id)["status"]["status_str"] == "success"
+    finally:
+        conn.close()
+    emu.reset()
+    assert emu.state()["config"]["history_delay"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------ failures
@@ -880,7 +1467,7 @@ def test_execution_error_at_a_loader_matches_the_record(url: str, emu: Emulator)
         "executing(node=None)",
     ]
     err = msgs[6]["data"]
-    assert err["exception_message"] == "Error while deserializing header: header too small\n"
+    assert err["exception_message"] == "Error while deserializing header: header too large\n"
     assert err["exception_type"] == "safetensors._safetensors_rust.SafetensorError"
     assert err["current_inputs"] == {"vae_name": [VAE]}
     assert err["executed"] == []
@@ -940,12 +1527,17 @@ def test_interrupt_during_a_sampler_step(url: str, emu: Emulator) -> None:
 
 def test_queue_listing_delete_and_clear(url: str, emu: Emulator) -> None:
     emu.set_faults(hang=True)
-    ids = [post_prompt(url, wan_graph(), "q-client").json()["prompt_id"] for _ in range(3)]
+    secret = {"api_key_comfy_org": "secret-key"}  # kept out of /queue and /history
+    ids = [
+        post_prompt(url, wan_graph(), "q-client", extra_data=dict(secret)).json()["prompt_id"]
+        for _ in range(3)
+    ]
     queue = requests.get(url + "/queue", timeout=10).json()
     assert [item[1] for item in queue["queue_running"]] == ids[:1]
     assert [item[1] for item in queue["queue_pending"]] == ids[1:]
+    assert all(len(item) == 5 for item in queue["queue_running"] + queue["queue_pending"])
     _, pid, _, extra, outputs = queue["queue_pending"][0]
-    assert (pid, extra, outputs) == (ids[1], {"client_id": "q-client"}, ["save_video"])
+    assert (pid, set(extra), outputs) == (ids[1], {"client_id", "create_time"}, ["save_video"])
     assert requests.post(url + "/queue", json={"delete": [ids[2]]}, timeout=10).status_code == 200
     assert [i[1] for i in requests.get(url + "/queue", timeout=10).json()["queue_pending"]] == [ids[1]]
     requests.post(url + "/interrupt", timeout=10)
@@ -961,7 +1553,9 @@ def test_queue_listing_delete_and_clear(url: str, emu: Emulator) -> None:
         time.sleep(0.02)
     assert requests.get(f"{url}/history/{ids[2]}", timeout=10).json() == {}
     for pid in ids[:2]:
-        assert history(url, pid)["status"]["messages"][-1][0] == "execution_interrupted"
+        entry = history(url, pid)
+        assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+        assert "secret-key" not in json.dumps(entry)
     assert ids[2] in emu.state()["queue_deletes"]
 
 
@@ -1092,7 +1686,7 @@ def test_misc_endpoints(url: str) -> None:
     assert root.status_code == 200
     assert root.headers["Content-Type"].startswith("text/html")
     stats = requests.get(url + "/system_stats", timeout=10).json()
-    assert stats["system"]["comfyui_version"] == "0.3.64"
+    assert stats["system"]["comfyui_version"] == "0.33.0"
     assert set(stats["devices"][0]) == {
         "name",
         "type",
@@ -1105,7 +1699,7 @@ def test_misc_endpoints(url: str) -> None:
     assert requests.get(url + "/queue", timeout=10).json() == {"queue_running": [], "queue_pending": []}
     assert requests.get(url + "/prompt", timeout=10).json() == {"exec_info": {"queue_remaining": 0}}
     info = requests.get(url + "/object_info", timeout=10).json()
-    assert len(info) == 22
+    assert len(info) == 27  # the recorded Wan classes but LoadVideo
     assert info["UNETLoader"]["input"]["required"]["unet_name"] == [[HIGH, LOW]]
     assert info["VAELoader"]["input"]["required"]["vae_name"] == [[VAE, "pixel_space"]]
     assert info["SaveVideo"]["output_node"] is True
@@ -1115,7 +1709,14 @@ def test_misc_endpoints(url: str) -> None:
         conn.ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": False}}))
         assert conn.recv() == {
             "type": "feature_flags",
-            "data": {"supports_preview_metadata": True, "max_upload_size": 104857600},
+            "data": {
+                "supports_preview_metadata": True,
+                "supports_model_type_tags": True,
+                "max_upload_size": 104857600,
+                "extension": {"manager": {"supports_v4": True}},
+                "node_replacements": True,
+                "assets": False,
+            },
         }
     finally:
         conn.close()

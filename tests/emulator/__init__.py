@@ -1,4 +1,4 @@
-"""An emulated ComfyUI (v0.3.64 protocol) for tests: HTTP + WebSocket, graph validation, caching, real MP4s.
+"""An emulated ComfyUI (v0.33.0 protocol) for tests: HTTP + WebSocket, graph validation, caching, real MP4s.
 
 ``Emulator`` runs it on a background thread, ``EmulatorProcess`` as ``python -m tests.emulator``.
 See ``tests/emulator/README.md``.

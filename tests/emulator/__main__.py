@@ -39,7 +39,7 @@ def _pair(value: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tests.emulator",
-        description="Emulated ComfyUI v0.3.64 server (HTTP + WebSocket) for tests.",
+        description="Emulated ComfyUI v0.33.0 server (HTTP + WebSocket) for tests.",
     )
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument(
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--step-delay", type=float, default=0.0, help="seconds per sampler step")
     p.add_argument("--node-delay", type=float, default=0.0, help="seconds per executed non-sampler node")
+    p.add_argument(
+        "--history-delay",
+        type=float,
+        default=0.0,
+        help="seconds between execution_success and the history entry (then status, executing null)",
+    )
     p.add_argument(
         "--model-dir",
         type=_pair,
@@ -132,6 +138,7 @@ async def serve(
         model_dirs=model_dirs,
         step_delay=args.step_delay,
         node_delay=args.node_delay,
+        history_delay=args.history_delay,
         startup_delay=args.startup_delay,
         device="cpu" if args.cpu else args.device,
         faults=faults,

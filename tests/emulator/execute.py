@@ -1,15 +1,22 @@
-"""Running a validated prompt the way ComfyUI v0.3.64 does, minus the GPU.
+"""Running a validated prompt the way ComfyUI v0.33.0 does, minus the GPU.
 
 * Order: ComfyUI's "topological dissolve": output nodes are added first, their inputs depth-first; among the
   nodes ready to run it prefers an output node, then a node feeding an output node, then one two steps from an
   output node, else the first ready node in insertion order.
 * Caching: a node's cache key is its class, its constant inputs and, recursively, the keys of everything
-  upstream (LoadImage also hashes its file). Keys not used by the current prompt are dropped before it runs, so
-  "cached" means "unchanged since the previous prompt". Cached nodes are listed in ``execution_cached`` and not
-  run; a cached output node re-sends its ``executed`` message.
+  upstream (LoadImage also hashes its file). ComfyUI v0.33.0's default "RAM pressure" cache keeps every entry
+  the current prompt uses and drops the others once its first node has completed, so "cached" means
+  "unchanged since the previous prompt": loaders, LoRAs, text encodes and LoadImage stay cached when a job
+  changes only its seed or size; the same prompt sent twice in a row runs nothing the second time, and a
+  prompt sent again after a different one (trace ``cached_resubmit``: I2V after FLF2V) runs everything
+  downstream of what changed in between. Cached nodes are listed in ``execution_cached`` and not run; a cached
+  output node re-sends its ``executed`` message.
 * Messages: ``execution_start``, ``execution_cached``, then per node ``progress_state`` (running),
-  ``executing``, sampler ``progress_state``+``progress`` per step, ``executed`` for nodes with UI output,
-  ``progress_state`` (finished); then ``execution_success`` or ``execution_error`` / ``execution_interrupted``.
+  ``executing``, per progress step (sampler steps, frame interpolation pairs) ``progress_state`` + ``progress``,
+  ``executed`` for nodes with UI output, ``progress_state`` (finished); then ``execution_success`` or
+  ``execution_error`` / ``execution_interrupted``. The server writes the history entry after that, then sends
+  ``status`` and ``executing {"node": null}`` (see ``server.py``).
+* Dynamic inputs (SaveVideo's ``codec``) reach the node function nested, as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import sys
@@ -27,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import media
 from .media import Frame, ImageBatch
-from .validate import annotated_filepath, full_type_name
+from .schema import build_nested
+from .validate import _tb_frame, annotated_filepath, full_type_name
 
 if TYPE_CHECKING:
     from .server import EmulatorCore
@@ -123,9 +132,11 @@ class Latent:
 
 
 class Video:
-    def __init__(self, images: ImageBatch, fps: float) -> None:
+    def __init__(self, images: ImageBatch, fps: float, audio: Any = None, bit_depth: int = 8) -> None:
         self.images = images
         self.fps = fps
+        self.audio = audio
+        self.bit_depth = bit_depth
 
     def __str__(self) -> str:
         return f"<comfy_api.latest._input_impl.video_types.VideoFromComponents object at 0x{id(self):012x}>"
@@ -365,20 +376,57 @@ class ProgressRegistry:
 
 # -------------------------------------------------------------------------------------------------- nodes
 
-LOADER_CLASSES = {"UNETLoader", "CLIPLoader", "VAELoader", "LoraLoaderModelOnly", "CLIPVisionLoader"}
+LOADER_CLASSES = {
+    "UNETLoader",
+    "CLIPLoader",
+    "VAELoader",
+    "LoraLoaderModelOnly",
+    "CLIPVisionLoader",
+    "FrameInterpolationModelLoader",
+}
 SAMPLER_CLASSES = {"KSampler", "KSamplerAdvanced"}
 
 _COMMON_TB = [
-    '  File "/ComfyUI/execution.py", line 496, in execute\n    output_data, output_ui, has_subgraph, '
-    "has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, "
-    "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n",
-    '  File "/ComfyUI/execution.py", line 315, in get_output_data\n    return_values = await '
-    "_async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, "
-    "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n",
-    '  File "/ComfyUI/execution.py", line 289, in _async_map_node_over_list\n'
-    "    await process_inputs(input_dict, i)\n",
-    '  File "/ComfyUI/execution.py", line 277, in process_inputs\n    result = f(**inputs)\n',
+    _tb_frame(
+        "execution.py",
+        545,
+        "execute",
+        "output_data, output_ui, has_subgraph, has_pending_tasks = await get_output_data(prompt_id, unique_id, "
+        "obj, input_data_all, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, "
+        "v3_data=v3_data)",
+        (58, 0, 151),
+    ),
+    _tb_frame(
+        "execution.py",
+        344,
+        "get_output_data",
+        "return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, "
+        "obj.FUNCTION, allow_interrupt=True, execution_block_cb=execution_block_cb, "
+        "pre_execute_cb=pre_execute_cb, v3_data=v3_data)",
+        (16, 0, 197),
+    ),
+    _tb_frame("execution.py", 318, "_async_map_node_over_list", "await process_inputs(input_dict, i)"),
+    _tb_frame("execution.py", 306, "process_inputs", "result = f(**inputs)", (9, 0, 11)),
 ]
+_LOAD_TORCH_FILE_TB = [
+    _tb_frame("comfy/utils.py", 149, "load_torch_file", "raise e"),
+    _tb_frame(
+        "comfy/utils.py",
+        133,
+        "load_torch_file",
+        'with safetensors.safe_open(ckpt, framework="pt", device=device.type) as f:',
+        (5, 0, 63),
+    ),
+]
+_LOADER_TB = {
+    "VAELoader": _tb_frame(
+        "nodes.py",
+        847,
+        "load_vae",
+        "sd, metadata = comfy.utils.load_torch_file(vae_path, return_metadata=True)",
+        (15, 0, 59),
+    ),
+}
 
 OOM_TIPS = (
     "This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might have "
@@ -387,29 +435,33 @@ OOM_TIPS = (
 
 
 def injected_error(class_type: str, message: str | None, type_name: str | None) -> EmulatedError:
-    """The error ``exec_error_node`` raises, shaped like what that node class really raises."""
+    """The error ``exec_error_node`` raises, shaped like what that node class really raises.
+
+    Loaders fail like a broken model file (trace ``wan22_i2v_exec_fail``), samplers run out of memory.
+    """
     if class_type in LOADER_CLASSES:
-        default_msg = "Error while deserializing header: header too small"
+        default_msg = "Error while deserializing header: header too large"
         default_type = "safetensors._safetensors_rust.SafetensorError"
-        frame = (
-            '  File "/ComfyUI/comfy/utils.py", line 59, in load_torch_file\n    with safetensors.safe_open(ckpt, '
-            'framework="pt", device=device.type) as f:\n'
-        )
+        frames = [_LOADER_TB.get(class_type, _LOADER_TB["VAELoader"]), *_LOAD_TORCH_FILE_TB]
     elif class_type in SAMPLER_CLASSES:
         default_msg = "Allocation on device "
         default_type = "torch.OutOfMemoryError"
-        frame = (
-            '  File "/ComfyUI/comfy/ldm/modules/attention.py", line 624, in attention_pytorch\n'
-            "    out = comfy.ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, "
-            "is_causal=False)\n"
-        )
+        frames = [
+            _tb_frame(
+                "comfy/ldm/modules/attention.py",
+                624,
+                "attention_pytorch",
+                "out = comfy.ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, "
+                "is_causal=False)",
+            )
+        ]
     else:
         default_msg = f"{class_type} failed"
         default_type = "RuntimeError"
-        frame = f'  File "/ComfyUI/nodes.py", line 1, in {class_type}\n    raise RuntimeError()\n'
+        frames = [_tb_frame("nodes.py", 1, class_type, "raise RuntimeError()")]
     msg = default_msg if message is None else message
     typ = default_type if type_name is None else type_name
-    return EmulatedError(msg, typ, [*_COMMON_TB, frame])
+    return EmulatedError(msg, typ, [*_COMMON_TB, *frames])
 
 
 class NodeContext:
@@ -463,6 +515,11 @@ async def _clip_vision_loader(ctx: NodeContext, clip_name: Any) -> NodeResult:
     return (Opaque("comfy.clip_vision.ClipVisionModel", file=clip_name),), None
 
 
+@node("FrameInterpolationModelLoader")
+async def _interp_loader(ctx: NodeContext, model_name: Any) -> NodeResult:
+    return (Opaque("comfy.model_patcher.ModelPatcher", file=model_name, kind="frame_interpolation"),), None
+
+
 @node("CLIPVisionEncode")
 async def _clip_vision_encode(ctx: NodeContext, clip_vision: Any, image: Any, crop: Any) -> NodeResult:
     _need(clip_vision, Opaque, "encode_image")
@@ -483,6 +540,7 @@ async def _model_sampling(ctx: NodeContext, model: Any, shift: Any) -> NodeResul
 
 
 @node("WanContextWindowsManual")
+@node("ContextWindowsManual")
 async def _context_windows(ctx: NodeContext, model: Any, **kwargs: Any) -> NodeResult:
     _need(model, Opaque, "clone")
     return (Opaque("comfy.model_patcher.ModelPatcher", base=model, context=kwargs),), None
@@ -630,10 +688,68 @@ async def _vae_decode(ctx: NodeContext, samples: Any, vae: Any) -> NodeResult:
     return (_decode_frames(samples),), None
 
 
+@node("VAEDecodeTiled")
+async def _vae_decode_tiled(
+    ctx: NodeContext,
+    samples: Any,
+    vae: Any,
+    tile_size: int,
+    overlap: int,
+    temporal_size: int = 64,
+    temporal_overlap: int = 8,
+) -> NodeResult:
+    _need(vae, Opaque, "decode_tiled")
+    _need(samples, Latent, "__getitem__")
+    return (_decode_frames(samples),), None
+
+
 @node("CreateVideo")
-async def _create_video(ctx: NodeContext, images: Any, fps: float, audio: Any = None) -> NodeResult:
+async def _create_video(
+    ctx: NodeContext, images: Any, fps: float, audio: Any = None, bit_depth: int = 8
+) -> NodeResult:
     _need(images, ImageBatch, "shape")
-    return (Video(images, fps),), None
+    return (Video(images, fps, audio, bit_depth),), None
+
+
+@node("GetVideoComponents")
+async def _video_components(ctx: NodeContext, video: Any) -> NodeResult:
+    _need(video, Video, "get_components")
+    return (video.images, video.audio, float(video.fps), int(video.bit_depth)), None
+
+
+def interpolate_frames(images: ImageBatch, multiplier: int) -> ImageBatch:
+    """``(n - 1) * multiplier + 1`` frames: each input frame, and between two neighbours the frames at
+    ``t = k / multiplier``. Two frames that blend the same pair of images interpolate exactly; otherwise the
+    nearer one stands in (good enough for a still image or a cross-fade)."""
+    frames = images.frames
+    out = [frames[0]]
+    for a, b in itertools.pairwise(frames):
+        for k in range(1, multiplier):
+            t = k / multiplier
+            if a is b:
+                out.append(a)
+            elif a.a is b.a and a.b is b.b:
+                out.append(Frame(a.a, a.b, a.t + (b.t - a.t) * t))
+            elif a.b is None and b.b is None:
+                out.append(Frame(a.a, b.a, t))
+            else:
+                out.append(a if t < 0.5 else b)
+        out.append(b)
+    return ImageBatch(out)
+
+
+@node("FrameInterpolate")
+async def _frame_interpolate(ctx: NodeContext, interp_model: Any, images: Any, multiplier: int) -> NodeResult:
+    _need(interp_model, Opaque, "load_device")
+    _need(images, ImageBatch, "shape")
+    if len(images) < 2 or multiplier < 2:
+        return (images,), None
+    # One progress update per pair of input frames, by the frames made between them (as the real node).
+    per_pair = multiplier - 1
+    total = (len(images) - 1) * per_pair
+    for pair in range(1, len(images)):
+        await ctx.executor.progress_step(ctx.node_id, pair * per_pair, total)
+    return (interpolate_frames(images, multiplier),), None
 
 
 @node("ImageScale")
@@ -719,31 +835,37 @@ async def _write(fn: Callable[..., None], *args: Any) -> None:
     await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
+_MISSING: Any = object()
+
+
 @node("SaveVideo")
 async def _save_video(
-    ctx: NodeContext, video: Any, filename_prefix: str, format: Any, codec: Any
+    ctx: NodeContext, video: Any, filename_prefix: str, format: Any, codec: Any = _MISSING
 ) -> NodeResult:
+    if codec is _MISSING:
+        # ``codec`` absent, or naming no option: ComfyUI drops the dynamic combo and the call fails.
+        raise TypeError("SaveVideo.execute() missing 1 required positional argument: 'codec'")
     _need(video, Video, "get_dimensions")
-    if format not in ("auto", "mp4"):
-        raise ValueError(f"'{format}' is not a valid VideoContainer")
-    if codec not in ("auto", "h264"):
-        raise ValueError(f"'{codec}' is not a valid VideoCodec")
+    encoding = codec.get("encoding") or {}
+    crf = encoding.get("crf")
     ex = ctx.executor
     if ex.faults.get("no_output"):
-        return (), None
+        return (video,), None
     folder, stem, counter, subfolder = save_path(
         filename_prefix, ex.core.dirs["output"], video.images.width, video.images.height
     )
     file = f"{stem}_{counter:05}_.mp4"
     path = os.path.join(folder, file)
-    metadata = {"prompt": ex.prompt}
+    metadata = {}
     extra = ex.extra_data.get("extra_pnginfo")
     if isinstance(extra, dict):
-        metadata = {**extra, **metadata}
+        metadata.update(extra)
+    metadata["prompt"] = ex.prompt
     padding = float(ex.faults.get("output_padding_mb") or 0.0)
-    await _write(media.write_mp4, path, video.images, float(video.fps), metadata, padding)
+    await _write(media.write_mp4, path, video.images, float(video.fps), metadata, padding, crf)
     ex.core.record_output(path)
-    return (), {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": [True]}
+    ui = {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": [True]}
+    return (video,), ui
 
 
 @node("SaveWEBM")
@@ -753,7 +875,7 @@ async def _save_webm(
     _need(images, ImageBatch, "shape")
     ex = ctx.executor
     if ex.faults.get("no_output"):
-        return (), None
+        return (images,), None
     folder, stem, counter, subfolder = save_path(
         filename_prefix, ex.core.dirs["output"], images.width, images.height
     )
@@ -761,7 +883,10 @@ async def _save_webm(
     path = os.path.join(folder, file)
     await _write(media.write_webm, path, images, float(fps), str(codec), float(crf))
     ex.core.record_output(path)
-    return (), {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": [True]}
+    return (images,), {
+        "images": [{"filename": file, "subfolder": subfolder, "type": "output"}],
+        "animated": [True],
+    }
 
 
 @node("SaveAnimatedWEBP")
@@ -777,7 +902,7 @@ async def _save_webp(
     _need(images, ImageBatch, "shape")
     ex = ctx.executor
     if ex.faults.get("no_output"):
-        return (), None
+        return (images,), None
     folder, stem, counter, subfolder = save_path(
         filename_prefix, ex.core.dirs["output"], images.width, images.height
     )
@@ -786,7 +911,7 @@ async def _save_webp(
     await _write(media.write_webp, path, images, float(fps), bool(lossless), int(quality), str(method))
     ex.core.record_output(path)
     animated = len(images) != 1
-    return (), {
+    return (images,), {
         "images": [{"filename": file, "subfolder": subfolder, "type": "output"}],
         "animated": [animated],
     }
@@ -812,6 +937,7 @@ class Executor:
         self.steps_done = 0
         self.fired: set[str] = set()
         self.progress: ProgressRegistry | None = None
+        self.ui_outputs: dict[str, dict[str, Any]] = {}
 
     def reset(self) -> None:
         """``POST /free {"free_memory": true}``: forget all cached outputs."""
@@ -855,12 +981,16 @@ class Executor:
             await self.core.crash()
             raise ServerCrashed()
 
-    async def sampler_step(self, node_id: str, value: int, total: int) -> None:
+    async def progress_step(self, node_id: str, value: int, total: int) -> None:
+        """One unit of a node's progress bar: ``step_delay``, then ``progress_state`` + ``progress``."""
         await self.pause(float(self.core.config["step_delay"]))
         self.check_interrupt()
         assert self.progress is not None
         self.progress.update(node_id, value, total)
         self.send("progress", {"value": value, "max": total, "prompt_id": self.prompt_id, "node": node_id})
+
+    async def sampler_step(self, node_id: str, value: int, total: int) -> None:
+        await self.progress_step(node_id, value, total)
         self.steps_done += 1
         await self.step_faults()
 
@@ -890,10 +1020,10 @@ class Executor:
 
         return get
 
-    def _input_data(self, node_id: str) -> dict[str, Any]:
+    def _input_data(self, node_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """The node's input values by (flat) input name, and the dynamic paths to nest them with."""
         node = self.prompt[node_id]
-        types = self.core.input_types(node["class_type"])
-        known = {name for section in types.values() for name in section}
+        known = self.core.class_inputs(node["class_type"], node["inputs"])
         data: dict[str, Any] = {}
         for name, value in node["inputs"].items():
             if is_link(value):
@@ -902,11 +1032,13 @@ class Executor:
                 data[name] = None if cached is None or index >= len(cached) else cached[index]
             elif name in known:
                 data[name] = value
-        return data
+        return data, known.dynamic_paths
 
     async def execute(self, item: list[Any]) -> dict[str, Any]:
-        """Run a queue item ``[number, prompt_id, prompt, extra_data, outputs]``; returns the history result."""
-        _, prompt_id, prompt, extra_data, execute_outputs = item
+        """Run a queue item ``[number, prompt_id, prompt, extra_data, outputs, sensitive]``; returns the history
+        result."""
+        _, prompt_id, prompt, extra_data, execute_outputs = item[:5]
+        extra_data = {**extra_data, **(item[5] if len(item) > 5 else {})}
         core = self.core
         core.interrupt_flag = False
         core.interrupt_event.clear()
@@ -932,7 +1064,10 @@ class Executor:
         keys = compute_signatures(prompt, self._is_changed(prompt))
         for cache in (self.outputs, self.ui):
             cache.set_prompt(keys)
-            cache.clean_unused()
+        # ComfyUI's RAM-pressure cache drops the entries this prompt does not use once a node has completed
+        # (not before: a prompt that fails at its first node keeps them).
+        evict = True
+        self.ui_outputs = {}
         cached_nodes = [node_id for node_id in prompt if self.outputs.get(node_id) is not None]
         record["cached"] = cached_nodes
         self.add_message("execution_cached", {"nodes": cached_nodes, "prompt_id": prompt_id}, broadcast=False)
@@ -970,18 +1105,18 @@ class Executor:
                 failed = True
                 break
             execution_list.complete(node_id)
+            if evict:
+                for cache in (self.outputs, self.ui):
+                    cache.clean_unused()
+                evict = False
         if not failed:
             self.add_message("execution_success", {"prompt_id": prompt_id}, broadcast=False)
         record["executed"] = list(executed)
         record["success"] = self.success
 
-        ui_outputs: dict[str, Any] = {}
-        meta_outputs: dict[str, Any] = {}
-        for node_id in self.ui.all_node_ids():
-            info = self.ui.get(node_id)
-            if info is not None:
-                ui_outputs[node_id] = info["output"]
-                meta_outputs[node_id] = info["meta"]
+        # History lists the UI of the nodes this prompt ran or re-reported from the cache.
+        ui_outputs = {node_id: info["output"] for node_id, info in self.ui_outputs.items()}
+        meta_outputs = {node_id: info["meta"] for node_id, info in self.ui_outputs.items()}
         core.last_node_id = None
         return {"outputs": ui_outputs, "meta": meta_outputs}
 
@@ -993,8 +1128,11 @@ class Executor:
         node = self.prompt[node_id]
         class_type = node["class_type"]
         if self.outputs.get(node_id) is not None:
+            cached_ui = self.ui.get(node_id)
+            if cached_ui is not None:
+                self.ui_outputs[node_id] = cached_ui
             if self.client_id is not None:
-                cached_ui = self.ui.get(node_id) or {}
+                cached_ui = cached_ui or {}
                 self.send(
                     "executed",
                     {
@@ -1010,7 +1148,7 @@ class Executor:
         input_data: dict[str, Any] | None = None
         try:
             self.progress.start(node_id)
-            input_data = self._input_data(node_id)
+            input_data, dynamic_paths = self._input_data(node_id)
             if self.client_id is not None:
                 core.last_node_id = node_id
                 self.send(
@@ -1024,21 +1162,22 @@ class Executor:
             node_delay = float(core.config["node_delay"])
             if node_delay > 0 and class_type not in SAMPLER_CLASSES:
                 await self.pause(node_delay)
+                self.check_interrupt()  # a slow node stops where it is (trace interrupt: during conditioning)
             fn = NODES[class_type]
-            outputs, ui = await fn(NodeContext(self, node_id, class_type), **input_data)
+            arguments = build_nested(input_data, dynamic_paths)
+            outputs, ui = await fn(NodeContext(self, node_id, class_type), **arguments)
             if ui:
-                self.ui.set(
-                    node_id,
-                    {
-                        "meta": {
-                            "node_id": node_id,
-                            "display_node": node_id,
-                            "parent_node": None,
-                            "real_node_id": node_id,
-                        },
-                        "output": ui,
+                entry = {
+                    "meta": {
+                        "node_id": node_id,
+                        "display_node": node_id,
+                        "parent_node": None,
+                        "real_node_id": node_id,
                     },
-                )
+                    "output": ui,
+                }
+                self.ui.set(node_id, entry)
+                self.ui_outputs[node_id] = entry
                 if self.client_id is not None:
                     self.send(
                         "executed",

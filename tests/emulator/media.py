@@ -225,11 +225,18 @@ def write_mp4(
     fps: float,
     metadata: Mapping[str, Any] | None = None,
     padding_mb: float = 0.0,
+    crf: float | None = None,
 ) -> None:
-    """SaveVideo: H.264 (yuv420p) in MP4, the prompt stored as a metadata tag, as ComfyUI writes it."""
+    """SaveVideo: H.264 (yuv420p) in MP4, the prompt stored as a metadata tag, as ComfyUI writes it.
+
+    ``crf`` (SaveVideo's ``codec.encoding.crf`` when ``re-encode`` is chosen) is passed to libx264 as ComfyUI
+    passes it (``str(crf)``): lower values make larger files. The MPEG-4 fallback encoder ignores it.
+    """
     tags = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     encoder = h264_encoder()
     options = {"preset": "ultrafast"} if encoder == "libx264" else {}
+    if crf is not None and encoder == "libx264":
+        options["crf"] = str(crf)
     _encode(path, batch, fps, encoder, options, tags, {"movflags": "use_metadata_tags"})
     if padding_mb > 0:
         append_free_box(path, int(padding_mb * 1024 * 1024))

@@ -36,6 +36,7 @@ class EmulatorProcess:
         port: int = 0,
         step_delay: float = 0.0,
         node_delay: float = 0.0,
+        history_delay: float = 0.0,
         startup_delay: float = 0.0,
         models: Mapping[str, Iterable[str]] | None = None,
         model_dirs: Mapping[str, Iterable[str | os.PathLike[str]]] | None = None,
@@ -52,6 +53,7 @@ class EmulatorProcess:
         self.port = port
         self.step_delay = step_delay
         self.node_delay = node_delay
+        self.history_delay = history_delay
         self.startup_delay = startup_delay
         self.models = models
         self.model_dirs = model_dirs
@@ -75,6 +77,8 @@ class EmulatorProcess:
             cmd += ["--step-delay", str(self.step_delay)]
         if self.node_delay:
             cmd += ["--node-delay", str(self.node_delay)]
+        if self.history_delay:
+            cmd += ["--history-delay", str(self.history_delay)]
         if self.startup_delay:
             cmd += ["--startup-delay", str(self.startup_delay)]
         if self.models is not None:

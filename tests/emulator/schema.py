@@ -1,8 +1,16 @@
 """Node definitions and model files: what the emulated ComfyUI knows and has.
 
-The node definitions come from ``tests/fixtures/object_info.json`` (``GET /object_info`` of ComfyUI v0.3.64 for
-the node classes a Wan2.2 graph uses). The COMBO lists that name files (models, input images) are filled in at
-run time from the emulator's own file lists, as ComfyUI rescans its folders on every request.
+The node definitions come from ``tests/fixtures/object_info.json`` (ComfyUI v0.33.0's ``GET /object_info`` for
+the node classes a Wan2.2 graph uses, as recorded in ``shared/comfyui/v0.33.0/object_info_wan.json``). The COMBO
+lists that name files (models, input images) are filled in at run time from the emulator's own file lists, as
+ComfyUI rescans its folders on every request.
+
+Nodes written against ComfyUI's newer node API ("V3", recognisable by their ``api_node`` key) may have dynamic
+inputs: a ``COMFY_DYNAMICCOMBO_V3`` input offers options, each with inputs of its own. In an API-format prompt
+the nested values sit beside the combo under dotted names, e.g. SaveVideo's
+``{"codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": 18}``; only the inputs of the chosen
+options exist for validation, and the node receives them nested:
+``codec={"codec": "h264", "encoding": {"encoding": "re-encode", "crf": 18.0}}``.
 """
 
 from __future__ import annotations
@@ -12,12 +20,13 @@ import json
 import mimetypes
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FIXTURE_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "object_info.json"
 
-# Folder names ComfyUI v0.3.64 answers for GET /models, in its order.
+# Folder names ComfyUI v0.33.0 answers for GET /models, in its order (trace http_misc).
 MODEL_FOLDERS: tuple[str, ...] = (
     "checkpoints",
     "configs",
@@ -33,13 +42,22 @@ MODEL_FOLDERS: tuple[str, ...] = (
     "controlnet",
     "gligen",
     "upscale_models",
+    "latent_upscale_models",
     "custom_nodes",
+    "datasets",
     "hypernetworks",
     "photomaker",
     "classifiers",
     "model_patches",
     "audio_encoders",
+    "background_removal",
+    "frame_interpolation",
+    "geometry_estimation",
+    "optical_flow",
+    "detection",
 )
+
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 
 LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
 """Old folder names ComfyUI still accepts in extra_model_paths.yaml (not as GET /models/{folder})."""
@@ -66,6 +84,7 @@ MODEL_COMBOS: dict[tuple[str, str], str] = {
     ("VAELoader", "vae_name"): "vae",
     ("LoraLoaderModelOnly", "lora_name"): "loras",
     ("CLIPVisionLoader", "clip_name"): "clip_vision",
+    ("FrameInterpolationModelLoader", "model_name"): "frame_interpolation",
 }
 
 
@@ -150,12 +169,90 @@ def list_input_images(input_dir: str) -> list[str]:
     return sorted(f for f in names if is_image_file(f))
 
 
+InputSpec = tuple[Any, dict[str, Any]]
+
+
+@dataclass
+class ClassInputs:
+    """A node's inputs as the validator and executor see them for one prompt: ``name -> (type, extra info)``.
+
+    For V3 nodes the dynamic inputs are expanded against the prompt's values (ComfyUI's
+    ``get_finalized_class_inputs``): the nested inputs of the chosen options appear under dotted names, and
+    ``dynamic_paths`` maps each of them (and each combo) to where its value goes in the nested argument.
+    """
+
+    required: dict[str, InputSpec] = field(default_factory=dict)
+    optional: dict[str, InputSpec] = field(default_factory=dict)
+    dynamic_paths: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return list(self.required) + [n for n in self.optional if n not in self.required]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.required or name in self.optional
+
+    def category(self, name: str) -> str:
+        return "required" if name in self.required else "optional"
+
+    def spec(self, name: str) -> InputSpec:
+        return self.required[name] if name in self.required else self.optional[name]
+
+
+def _as_spec(value: Sequence[Any]) -> InputSpec:
+    extra = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+    return value[0], extra
+
+
+def _parse_inputs(
+    out: ClassInputs, live: Mapping[str, Any], sections: Mapping[str, Any], prefix: list[str]
+) -> None:
+    for category in ("required", "optional"):
+        section = sections.get(category) or {}
+        for name, value in section.items():
+            target = out.required if category == "required" else out.optional
+            path = [*prefix, name]
+            full = ".".join(path)
+            if value[0] == DYNAMIC_COMBO:
+                if full not in live:
+                    continue  # an absent or unknown choice leaves the whole combo out, as ComfyUI does
+                chosen = next((o for o in value[1].get("options", []) if o.get("key") == live[full]), None)
+                if chosen is None:
+                    continue
+                target[full] = _as_spec(value)
+                out.dynamic_paths[full] = ".".join([*path, name])
+                _parse_inputs(out, live, chosen.get("inputs", {}), path)
+            else:
+                target[full] = _as_spec(value)
+                if prefix:
+                    out.dynamic_paths[full] = full
+
+
+def build_nested(values: Mapping[str, Any], dynamic_paths: Mapping[str, str]) -> dict[str, Any]:
+    """Input values with the dotted dynamic ones folded into nested dicts (ComfyUI's ``build_nested_inputs``)."""
+    if not dynamic_paths:
+        return dict(values)
+    values = dict(values)
+    nested: dict[str, Any] = {}
+    for key, path in dynamic_paths.items():
+        parts = path.split(".")
+        current = nested
+        for part in parts[:-1]:
+            current = current.setdefault(part, {})
+        current[parts[-1]] = values.pop(key, None)
+    values.update(nested)
+    return values
+
+
 class NodeSchemas:
     """Node class definitions as ComfyUI's validator and executor see them."""
 
-    def __init__(self, path: Path = FIXTURE_PATH) -> None:
+    def __init__(self, path: Path = FIXTURE_PATH, classes: Iterable[str] | None = None) -> None:
         with open(path, encoding="utf-8") as fh:
-            self._info: dict[str, dict[str, Any]] = json.load(fh)
+            info: dict[str, dict[str, Any]] = json.load(fh)
+        if classes is not None:
+            keep = set(classes)
+            info = {name: entry for name, entry in info.items() if name in keep}
+        self._info = info
 
     def __contains__(self, class_type: object) -> bool:
         return isinstance(class_type, str) and class_type in self._info
@@ -185,27 +282,32 @@ class NodeSchemas:
                 continue
             for name, spec in section.items():
                 key = (class_type, name)
-                if key in files and isinstance(spec, list) and spec and isinstance(spec[0], list):
+                if key not in files or not isinstance(spec, list) or not spec:
+                    continue
+                if isinstance(spec[0], list):  # old-style COMBO: the options are the type
                     spec[0] = list(files[key])
+                elif spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+                    spec[1]["options"] = list(files[key])
         return info
 
-    def input_types(
-        self, class_type: str, files: Mapping[tuple[str, str], list[str]]
-    ) -> dict[str, dict[str, tuple[Any, dict[str, Any]]]]:
-        """``INPUT_TYPES()`` as the validator sees it: category -> name -> (type, extra info).
+    def class_inputs(
+        self,
+        class_type: str,
+        files: Mapping[tuple[str, str], list[str]],
+        live_inputs: Mapping[str, Any] | None = None,
+    ) -> ClassInputs:
+        """The inputs of ``class_type`` for a node whose prompt values are ``live_inputs`` (hidden ones left out).
 
-        V1 COMBOs have a list as type; V3 COMBOs have ``"COMBO"`` (and ComfyUI does not check their value).
+        V1 COMBOs have a list as type; V3 COMBOs have ``"COMBO"`` and their options in the extra info.
         """
         info = self.node_info(class_type, files)
-        out: dict[str, dict[str, tuple[Any, dict[str, Any]]]] = {}
-        for category, section in info.get("input", {}).items():
-            if category == "hidden" or not isinstance(section, dict):
-                continue
-            entries: dict[str, tuple[Any, dict[str, Any]]] = {}
-            order = info.get("input_order", {}).get(category, list(section))
-            for name in order:
-                spec = section[name]
-                extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                entries[name] = (spec[0], extra)
-            out[category] = entries
+        sections = {k: v for k, v in info.get("input", {}).items() if k != "hidden" and isinstance(v, dict)}
+        out = ClassInputs()
+        if self.is_v3(class_type):
+            _parse_inputs(out, live_inputs or {}, sections, [])
+            return out
+        for category, section in sections.items():
+            target = out.required if category == "required" else out.optional
+            for name in info.get("input_order", {}).get(category, list(section)):
+                target[name] = _as_spec(section[name])
         return out

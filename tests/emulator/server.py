@@ -24,16 +24,42 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .execute import SENSITIVE_EXTRA_DATA_KEYS, Executor, ServerCrashed
-from .schema import MODEL_COMBOS, MODEL_FOLDERS, ModelFiles, NodeSchemas, canonical_folder, list_input_images
+from .execute import NODES, SENSITIVE_EXTRA_DATA_KEYS, Executor, ServerCrashed
+from .schema import (
+    MODEL_COMBOS,
+    MODEL_FOLDERS,
+    ClassInputs,
+    ModelFiles,
+    NodeSchemas,
+    canonical_folder,
+    list_input_images,
+)
 from .validate import ValidationContext, annotated_filepath, validate_prompt
 
 log = logging.getLogger("comfy_emulator")
 
-COMFYUI_VERSION = "0.3.64"
+COMFYUI_VERSION = "0.33.0"
 MAX_UPLOAD_SIZE = 100 * 1024 * 1024
 MAXIMUM_HISTORY_SIZE = 10000
-SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD_SIZE}
+SERVER_FEATURES = {
+    "supports_preview_metadata": True,
+    "supports_model_type_tags": True,
+    "max_upload_size": MAX_UPLOAD_SIZE,
+    "extension": {"manager": {"supports_v4": True}},
+    "node_replacements": True,
+    "assets": False,
+}
+# What /system_stats reports besides the version (trace http_misc).
+FRONTEND_VERSION = "1.48.7"
+TEMPLATES_VERSION = "0.11.41"
+COMFY_PACKAGE_VERSIONS = [
+    {"name": "comfyui-frontend-package", "installed": FRONTEND_VERSION, "required": FRONTEND_VERSION},
+    {"name": "comfyui-workflow-templates", "installed": TEMPLATES_VERSION, "required": TEMPLATES_VERSION},
+    {"name": "comfyui-embedded-docs", "installed": "0.5.9", "required": "0.5.9"},
+    {"name": "comfy-kitchen", "installed": "0.2.31", "required": "0.2.31"},
+    {"name": "comfy-aimdo", "installed": "0.4.13", "required": "0.4.13"},
+]
+INTERNAL_ERROR_TEXT = "500 Internal Server Error\n\nServer got itself in trouble"
 
 FAULT_TYPES: dict[str, type] = {
     "exec_error_node": str,
@@ -49,6 +75,7 @@ FAULT_TYPES: dict[str, type] = {
 CONFIG_TYPES: dict[str, type] = {
     "step_delay": float,
     "node_delay": float,
+    "history_delay": float,
     "startup_delay": float,
     "device": str,
 }
@@ -71,6 +98,17 @@ def _coerce(kind: str, name: str, value: Any, types: Mapping[str, type]) -> Any:
     if want is float and not isinstance(value, (int, float, str)):
         raise ValueError(f"{kind} {name!r} must be a number")
     return want(value)
+
+
+def is_canonical_uuid(value: Any) -> bool:
+    """Whether a client's ``prompt_id`` is a UUID in canonical lowercase hyphenated form (ComfyUI v0.33.0
+    answers 400 ``invalid_prompt_id`` otherwise)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def check_faults(faults: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,11 +153,9 @@ class PromptQueue:
         return item, i
 
     def task_done(self, item_id: int, history_result: dict[str, Any], status: dict[str, Any] | None) -> None:
-        prompt = self.running.pop(item_id)
+        prompt = self.running.pop(item_id)[:5]  # without the sensitive extra data
         if len(self.history) > MAXIMUM_HISTORY_SIZE:
             self.history.pop(next(iter(self.history)))
-        for key in SENSITIVE_EXTRA_DATA_KEYS:
-            prompt[3].pop(key, None)
         entry: dict[str, Any] = {"prompt": prompt, "outputs": {}, "status": copy.deepcopy(status)}
         entry.update(history_result)
         self.history[prompt[1]] = entry
@@ -129,7 +165,8 @@ class PromptQueue:
         return len(self.heap) + len(self.running)
 
     def current(self) -> tuple[list[list[Any]], list[list[Any]]]:
-        return list(self.running.values()), [entry[3] for entry in self.heap]
+        """Running and pending items as ``GET /queue`` shows them: without the sensitive extra data."""
+        return [item[:5] for item in self.running.values()], [entry[3][:5] for entry in self.heap]
 
     def wipe(self) -> None:
         self.heap = []
@@ -214,6 +251,7 @@ class EmulatorCore:
         model_dirs: Mapping[str, Iterable[str | os.PathLike[str]]] | None = None,
         step_delay: float = 0.0,
         node_delay: float = 0.0,
+        history_delay: float = 0.0,
         startup_delay: float = 0.0,
         device: str = "cuda",
         faults: Mapping[str, Any] | None = None,
@@ -224,11 +262,12 @@ class EmulatorCore:
         subprocess_mode: bool = False,
         argv: list[str] | None = None,
     ) -> None:
-        self.schemas = NodeSchemas()
+        self.schemas = NodeSchemas(classes=NODES)
         self.model_files = ModelFiles(models, model_dirs)
         self.config: dict[str, Any] = {
             "step_delay": float(step_delay),
             "node_delay": float(node_delay),
+            "history_delay": float(history_delay),
             "startup_delay": float(startup_delay),
             "device": device,
         }
@@ -436,6 +475,11 @@ class EmulatorCore:
                 "completed": success,
                 "messages": [list(m) for m in self.executor.status_messages],
             }
+            # ComfyUI sends execution_success (or the error) from inside the executor and only then writes the
+            # history entry (status follows it, then executing null): history_delay widens that gap.
+            history_delay = float(self.config["history_delay"])
+            if history_delay > 0:
+                await asyncio.sleep(history_delay)
             self.running_prompt = None
             self.queue.task_done(item_id, result, status)
             if self.client_id is not None:
@@ -455,8 +499,8 @@ class EmulatorCore:
         out[("LoadImage", "image")] = list_input_images(self.dirs["input"])
         return out
 
-    def input_types(self, class_type: str) -> dict[str, Any]:
-        return self.schemas.input_types(class_type, self.files())
+    def class_inputs(self, class_type: str, live_inputs: Mapping[str, Any]) -> ClassInputs:
+        return self.schemas.class_inputs(class_type, self.files(), live_inputs)
 
     def record_output(self, path: str) -> None:
         self.stats["outputs"].append(os.path.relpath(path, self.dirs["output"]))
@@ -476,7 +520,7 @@ class EmulatorCore:
 
     def reset(self, cache: bool = True) -> None:
         self.faults = {}
-        self.config.update(step_delay=0.0, node_delay=0.0)
+        self.config.update(step_delay=0.0, node_delay=0.0, history_delay=0.0)
         if self.queue.heap:
             self.queue.wipe()
         if cache:
@@ -735,16 +779,18 @@ class EmulatorCore:
             }
         stats = {
             "system": {
-                "os": os.name,
+                "os": sys.platform,
                 "ram_total": ram_total,
                 "ram_free": ram_free,
                 "comfyui_version": COMFYUI_VERSION,
-                "required_frontend_version": "1.27.10",
-                "installed_templates_version": "0.1.95",
-                "required_templates_version": "0.1.95",
+                "required_frontend_version": FRONTEND_VERSION,
+                "installed_templates_version": TEMPLATES_VERSION,
+                "required_templates_version": TEMPLATES_VERSION,
+                "comfy_package_versions": copy.deepcopy(COMFY_PACKAGE_VERSIONS),
                 "python_version": sys.version,
-                "pytorch_version": "2.8.0+cu128",
+                "pytorch_version": "2.14.1+cu130",
                 "embedded_python": False,
+                "deploy_environment": "local-git",
                 "argv": self.argv,
             },
             "devices": [device],
@@ -775,17 +821,41 @@ class EmulatorCore:
 
         prompt = json_data["prompt"]
         self.stats["prompts"].append(copy.deepcopy(prompt))
-        prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
+        client_prompt_id = json_data.get("prompt_id")
+        if client_prompt_id is None:
+            prompt_id = str(uuid.uuid4())
+        elif not is_canonical_uuid(client_prompt_id):
+            error = {
+                "type": "invalid_prompt_id",
+                "message": "prompt_id must be a valid UUID",
+                "details": "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let "
+                "the server generate one",
+                "extra_info": {},
+            }
+            self.stats["prompt_requests"].append({"status": 400, "error": "invalid_prompt_id"})
+            return web.json_response({"error": error, "node_errors": {}}, status=400)
+        else:
+            prompt_id = client_prompt_id
         partial = json_data.get("partial_execution_targets")
         ctx = ValidationContext(self.schemas, self.files, self.dirs)
-        valid = validate_prompt(ctx, prompt, partial)
+        try:
+            valid = validate_prompt(ctx, prompt, partial)
+        except Exception:
+            # A prompt of the wrong shape (e.g. a node that is not an object) breaks ComfyUI's validator too.
+            log.exception("validation failed")
+            self.stats["prompt_requests"].append({"status": 500, "prompt_id": prompt_id})
+            return web.Response(status=500, text=INTERNAL_ERROR_TEXT)
         extra_data = json_data.get("extra_data", {})
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
+        if "comfy_usage_source" not in extra_data and request.headers.get("Comfy-Usage-Source"):
+            extra_data["comfy_usage_source"] = request.headers["Comfy-Usage-Source"]
         request_record: dict[str, Any] = {"prompt_id": prompt_id, "client_id": json_data.get("client_id")}
         self.stats["prompt_requests"].append(request_record)
         if valid[0]:
-            self.queue.put([number, prompt_id, prompt, extra_data, valid[2]])
+            sensitive = {k: extra_data.pop(k) for k in SENSITIVE_EXTRA_DATA_KEYS if k in extra_data}
+            extra_data["create_time"] = int(time.time() * 1000)
+            self.queue.put([number, prompt_id, prompt, extra_data, valid[2], sensitive])
             self.stats["prompt_ids"].append(prompt_id)
             request_record["status"] = 200
             return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": valid[3]})
@@ -909,6 +979,7 @@ class Emulator:
         step_delay: float = 0.0,
         *,
         node_delay: float = 0.0,
+        history_delay: float = 0.0,
         startup_delay: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -925,6 +996,7 @@ class Emulator:
             "model_dirs": model_dirs,
             "step_delay": step_delay,
             "node_delay": node_delay,
+            "history_delay": history_delay,
             "startup_delay": startup_delay,
             "faults": faults,
             "device": device,
@@ -1060,7 +1132,8 @@ class Emulator:
         return self.set_faults()
 
     def configure(self, **config: Any) -> dict[str, Any]:
-        """Change ``step_delay``, ``node_delay``, ``models``, ``model_dirs`` ...; same as POST /emulator/config."""
+        """Change ``step_delay``, ``node_delay``, ``history_delay``, ``models``, ``model_dirs`` ...; same as
+        ``POST /emulator/config``."""
         return self._call(self.core.set_config, config)
 
     def state(self) -> dict[str, Any]:
