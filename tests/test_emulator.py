@@ -1655,6 +1655,7 @@ def test_upload_rename_overwrite_and_subfolder(url: str, emu: Emulator) -> None:
         "type": "temp",
     }
     assert upload(url, "../evil.png", first).status_code == 400
+    assert upload(url, "", first).status_code == 500  # a part without a file name breaks ComfyUI's handler
     wrong = requests.post(url + "/upload/image", files={"file": ("x.png", first, "image/png")}, timeout=10)
     assert wrong.status_code == 400
     combo = requests.get(url + "/object_info/LoadImage", timeout=10).json()["LoadImage"]["input"]["required"]

@@ -682,7 +682,10 @@ class EmulatorCore:
         if upload_dir is None:
             raise web.HTTPInternalServerError(text=f"unknown upload type {upload_type!r}")
         upload_type = upload_type or "input"
-        if image is None or not hasattr(image, "file") or not image.file:
+        if image and not hasattr(image, "file"):
+            # A part without a file name arrives as plain text; ComfyUI then fails on ``image.file``.
+            return web.Response(status=500, text=INTERNAL_ERROR_TEXT)
+        if not image or not image.file:
             return web.Response(status=400)
         filename = image.filename
         if not filename:
