@@ -39,6 +39,7 @@ def test_folder_kinds_are_the_documented_layout() -> None:
         "text_encoders": "text_encoders",
         "vae": "vae",
         "clip_vision": "clip_vision",
+        "frame_interpolation": "frame_interpolation",
     }
 
 

@@ -1,7 +1,8 @@
 """The model folders on the network volume: layout, presence and verification records.
 
 Layout under the volume root, kept from the seed worker: ``models/`` (diffusion models), ``loras/``,
-``text_encoders/``, ``vae/``, ``clip_vision/``. ComfyUI's standard ``models/<kind>/`` layout is searched too.
+``text_encoders/``, ``vae/``, ``clip_vision/``, and ``frame_interpolation/`` (FILM and RIFE models). ComfyUI's
+standard ``models/<kind>/`` layout is searched too.
 
 Beside a model file live small hidden files that ComfyUI never lists (their extensions are not model ones):
 ``.<name>.verified`` (the sha256 of the file, valid while its size and mtime are unchanged), ``.<name>.lock``
@@ -29,6 +30,7 @@ FOLDER_KINDS: dict[str, str] = {
     "text_encoders": "text_encoders",
     "vae": "vae",
     "clip_vision": "clip_vision",
+    "frame_interpolation": "frame_interpolation",
 }
 """Model kind (ComfyUI's folder name) -> the volume subfolder the worker downloads into."""
 
