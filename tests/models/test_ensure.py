@@ -145,7 +145,7 @@ def test_policy_is_checked_before_any_request(server: FileServer, settings: Sett
     with pytest.raises(UrlNotAllowed, match=r"must end in \.safetensors"):
         run([ref("vae_url", "vae", good, "vae.ckpt")], settings)
     with pytest.raises(InvalidInput, match="path separators"):
-        run([ref("vae", "vae", None, "../../etc/passwd")], settings)
+        run([ref("vae_url", "vae", good, "../../etc/passwd")], settings)
     with pytest.raises(InvalidInput, match="name of a default model file"):
         run([ref("vae_url", "vae", good, "wan_2.1_vae.safetensors")], settings)
     assert server.requests() == []
