@@ -181,10 +181,13 @@ def open_checked(
     """GET ``url`` as a stream, following redirects by hand and checking every hop.
 
     ``headers_for(url)`` gives the headers for one hop (so that a token is sent only to its own host);
-    ``extra_check(url)`` may refuse a hop (a host allow-list). The caller closes the response.
+    ``extra_check(url)`` may refuse a hop (a host allow-list). The caller closes the response. Its ``history``
+    holds the redirect answers (closed, headers kept), as with requests' own redirects: a Hugging Face
+    ``resolve`` URL announces the file's sha256 and size on its redirect to the CDN.
     """
     schemes = tuple(schemes)
     current = url
+    hops: list[requests.Response] = []
     for _hop in range(max_redirects + 1):
         check_url(current, field=field, schemes=schemes, allow_private=allow_private, resolver=resolver)
         if extra_check is not None:
@@ -200,8 +203,10 @@ def open_checked(
                     "Location header; give the file's direct URL instead",
                     details=[{"field": field, "url": redact_url(current)}],
                 )
+            hops.append(response)
             current = urljoin(current, location)
             continue
+        response.history = hops
         return response
     raise UrlNotAllowed(
         f"{field}: too many redirects (more than {max_redirects})", details=[{"field": field}]

@@ -61,3 +61,19 @@ def test_the_client_is_told_of_the_missing_location(srv: LocalServer) -> None:
         f"url_not_allowed: image_url: {srv.url('/image-hop')} answered 302 redirect without a Location "
         "header; give the file's direct URL instead"
     )
+
+
+def test_the_redirects_stay_in_the_history_with_their_headers(srv: LocalServer) -> None:
+    srv.routes["/resolve/m"] = Route(status=302, headers={"Location": "/hop/m", "X-Linked-Etag": '"abc"'})
+    srv.routes["/hop/m"] = Route(status=307, headers={"Location": "/cdn/m"})
+    srv.routes["/cdn/m"] = Route(body=b"bytes")
+    session = netsafe.make_session(allow_private=True)
+    with netsafe.open_checked(
+        session, srv.url("/resolve/m"), field="vae_url", timeout=(2, 2), allow_private=True
+    ) as response:
+        assert response.content == b"bytes"
+        assert [(hop.status_code, hop.url) for hop in response.history] == [
+            (302, srv.url("/resolve/m")),
+            (307, srv.url("/hop/m")),
+        ]
+        assert response.history[0].headers["X-Linked-Etag"] == '"abc"'
