@@ -1,13 +1,15 @@
 """A local HTTP file server for download tests and the benchmark.
 
 Serves byte strings or files on 127.0.0.1 with optional Range support, per-connection throttling, transfers
-cut after N bytes, wrong bytes, forced error statuses, Content-Disposition and redirects; records every
+cut after N bytes, wrong bytes, forced error statuses, Content-Disposition and redirects (with headers of their
+own, as the Hugging Face Hub announces a file's sha256 and size on its redirect to the CDN); records every
 request (headers, Range, bytes actually sent) so tests can count what was fetched.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import re
@@ -33,6 +35,8 @@ class Resource:
     statuses: list[int] = field(default_factory=list)
     content_disposition: str | None = None
     etag: str | None = '"v1"'
+    content_length: bool = True
+    """False: a 200 answer has no Content-Length (the body ends when the connection closes)."""
     _fd: int | None = field(default=None, repr=False)
 
     @property
@@ -49,6 +53,12 @@ class Resource:
         if self.wrong and chunk:
             chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
         return chunk
+
+
+@dataclass
+class Redirect:
+    location: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,7 +82,7 @@ class FileServer:
 
     def __init__(self) -> None:
         self.resources: dict[str, Resource] = {}
-        self.redirects: dict[str, str] = {}
+        self.redirects: dict[str, Redirect] = {}
         self.hits: list[Hit] = []
         self.lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
@@ -89,9 +99,23 @@ class FileServer:
         self.resources[path] = Resource(data, **options)
         return self.url(path)
 
-    def redirect(self, path: str, location: str) -> str:
-        self.redirects[path] = location
+    def redirect(self, path: str, location: str, headers: dict[str, str] | None = None) -> str:
+        self.redirects[path] = Redirect(location, dict(headers or {}))
         return self.url(path)
+
+    def hub_file(
+        self, path: str, data: bytes, *, announce: dict[str, str] | None = None, **options: Any
+    ) -> str:
+        """Serve ``data`` as the Hub serves an LFS file: ``path`` (``/<repo>/resolve/main/<file>``) answers 302
+        to ``/cdn<path>`` with ``X-Linked-Etag: "<sha256>"`` and ``X-Linked-Size`` (``announce`` replaces these
+        headers: wrong values, or none)."""
+        if announce is None:
+            announce = {
+                "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"',
+                "X-Linked-Size": str(len(data)),
+            }
+        self.add("/cdn" + path, data, **options)
+        return self.redirect(path, self.url("/cdn" + path), announce)
 
     def sent(self, path: str | None = None) -> int:
         """Body bytes actually written to clients (for ``path``, or in all)."""
@@ -166,8 +190,9 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             range_header = self.headers.get("Range")
             if path in server.redirects:
+                hop = server.redirects[path]
                 self._record(302, range_header)
-                self._simple(302, {"Location": server.redirects[path]})
+                self._simple(302, {**hop.headers, "Location": hop.location})
                 return
             resource = server.resources.get(path)
             if resource is None:
@@ -206,7 +231,11 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(last - first + 1))
+            if resource.content_length or status == 206:
+                self.send_header("Content-Length", str(last - first + 1))
+            else:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             if self.command != "HEAD":
                 self._body(resource, first, last, hit)

@@ -12,7 +12,7 @@ import pytest
 from worker.config import Settings
 from worker.errors import JobCancelled, ModelDownloadFailed, UrlNotAllowed
 from worker.models import policy
-from worker.models.download import HashMismatch, Result, Tuning, download, part_info
+from worker.models.download import HashMismatch, Result, Tuning, download, part_info, probe
 from worker.models.volume import state_path
 from worker.netsafe import make_session
 
@@ -276,3 +276,38 @@ def test_the_last_block_is_shared_by_idle_connections() -> None:
     assert spare is not None and (spare.pos, spare.end) == (6, 13)  # half of the first largest in flight
     alone = _Plan([(0, 100)], total=100, block=100, min_piece=10, window=100, connections=1)
     assert alone.take() is not None and alone.take() is None
+
+
+@pytest.mark.parametrize(
+    ("etag", "announced"),
+    [
+        ('"{sha}"', True),
+        ('W/"{sha}"', True),
+        ("{upper}", True),
+        ('"{git}"', False),  # a git blob's sha1, as for a file not in LFS
+        ("", False),
+    ],
+)
+def test_what_the_probe_reads_from_the_redirect(
+    server: FileServer, settings: Settings, etag: str, announced: bool
+) -> None:
+    data = model_bytes(SIZE, seed=9)
+    digest = hashlib.sha256(data).hexdigest()
+    header = etag.format(sha=digest, upper=digest.upper(), git="a" * 40)
+    linked = {"X-Linked-Etag": header, "X-Linked-Size": str(SIZE * 3)} if header else {}
+    url = server.hub_file("/org/repo/resolve/main/p.safetensors", data, announce=linked)
+    with make_session(allow_private=True) as session:
+        opener = policy.make_opener(url, field="vae_url", settings=settings, session=session)
+        remote = probe(opener, label="vae_url")
+    assert remote.sha256 == (digest if announced else None)
+    assert remote.total == SIZE  # the answer's own Content-Range wins over X-Linked-Size
+    assert remote.final_url == server.url("/cdn/org/repo/resolve/main/p.safetensors")
+
+
+def test_the_announced_size_stands_in_for_a_missing_length(server: FileServer, settings: Settings) -> None:
+    data = model_bytes(SIZE, seed=10)
+    url = server.hub_file("/org/repo/resolve/main/q.safetensors", data, ranges=False, content_length=False)
+    with make_session(allow_private=True) as session:
+        opener = policy.make_opener(url, field="vae_url", settings=settings, session=session)
+        remote = probe(opener, label="vae_url")
+    assert (remote.total, remote.ranged) == (SIZE, False)

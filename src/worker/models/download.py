@@ -48,6 +48,11 @@ T = TypeVar("T")
 STATE_VERSION = 1
 BLOCKS_PER_CONNECTION = 4
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+LINKED_ETAG = "X-Linked-Etag"
+"""Hugging Face: the ETag of the file a ``resolve`` URL redirects to; the sha256 of an LFS file."""
+LINKED_SIZE = "X-Linked-Size"
+"""Hugging Face: the size in bytes of that file."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class Remote:
     etag: str | None
     content_disposition: str | None
     final_url: str
+    sha256: str | None = None
+    """The file's sha256 as the server announces it (Hugging Face's ``X-Linked-Etag``), or None."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,26 @@ def _range_end(response: requests.Response) -> int:
     return int(match.group(2)) + 1
 
 
+def _linked(response: requests.Response, header: str) -> str | None:
+    """A header of the answer or of a redirect before it (Hugging Face sets ``X-Linked-*`` on its redirect)."""
+    for hop in (response, *reversed(response.history)):
+        value = hop.headers.get(header)
+        if value:
+            return value.strip()
+    return None
+
+
+def announced_sha256(response: requests.Response) -> str | None:
+    """The sha256 a Hugging Face ``resolve`` answer announces for an LFS file (``X-Linked-Etag``), or None."""
+    etag = _linked(response, LINKED_ETAG)
+    if etag is None:
+        return None
+    value = etag.removeprefix("W/").strip('"').lower()
+    return value if _SHA256.fullmatch(value) else None
+
+
 def describe(response: requests.Response) -> Remote:
-    """What a 200 or 206 answer tells about the whole file."""
+    """What a 200 or 206 answer (and the redirects before it) tells about the whole file."""
     if response.status_code == 206:
         _start, total = _content_range(response)
         ranged = total is not None
@@ -159,12 +184,16 @@ def describe(response: requests.Response) -> Remote:
         encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
         total = int(length) if length and length.isdigit() and not encoded else None
         ranged = False
+    if total is None:
+        linked = _linked(response, LINKED_SIZE)
+        total = int(linked) if linked and linked.isdigit() else None
     return Remote(
         total=total,
         ranged=ranged,
         etag=response.headers.get("etag"),
         content_disposition=response.headers.get("content-disposition"),
         final_url=response.url,
+        sha256=announced_sha256(response),
     )
 
 
