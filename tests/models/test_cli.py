@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from worker.config import Settings
+from worker.models import ModelRef, on_demand_entry
 from worker.models.cli import main
-from worker.models.manifest import load_manifest
-from worker.models.volume import FOLDER_KINDS, State, file_status, write_record
+from worker.models.ensure import ensure_refs
+from worker.models.manifest import at_start, load_manifest, manifest_from_env
+from worker.models.volume import FOLDER_KINDS, State, file_status, read_record, write_record
 
 from .fileserver import FileServer, model_bytes
 
@@ -80,14 +83,17 @@ def test_status_prints_a_table_of_the_defaults(env: Path, capsys: pytest.Capture
     for entry in load_manifest():
         row = next(line for line in lines if line.startswith(entry.name))
         assert f"{entry.folder}/" in row and "missing" in row
+        assert ("on demand, missing" in row) == entry.on_demand, row
     assert "6 of 6 files missing" in out and "models ensure" in out
+    assert "6 more fetched on demand by the first job that needs them (0 present)" in out
 
 
 def test_ensure_with_the_six_defaults_verified_touches_no_content(
     env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = []
-    for entry in load_manifest():
+    for entry in at_start(load_manifest()):  # the on-demand ones stay missing: ensure leaves them alone
+        assert entry.size is not None and entry.sha256 is not None
         path = env / FOLDER_KINDS[entry.kind] / entry.name
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:
@@ -104,6 +110,7 @@ def test_ensure_with_the_six_defaults_verified_touches_no_content(
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in paths)
     out = capsys.readouterr().out
     assert out.count(": present") == 6 and "all 6 files present" in out
+    assert "film_net_fp16.safetensors: on demand, left to the first job that needs it" in out
 
 
 def test_ensure_downloads_the_missing_replaces_the_wrong_and_hashes_the_unhashed(
@@ -193,3 +200,55 @@ def test_python_m_worker_models(env: Path) -> None:
     )
     assert result.returncode == 1
     assert "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors" in result.stdout
+
+
+def test_on_demand_files_are_listed_but_left_to_the_jobs(
+    env: Path,
+    server: FileServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    small_manifest(server, tmp_path, monkeypatch)
+    film = model_bytes(150_000, seed=4)
+    url = server.hub_file("/org/interp/resolve/main/film.safetensors", film)
+    manifest = Path(os.environ["MODELS_MANIFEST"])
+    data = json.loads(manifest.read_text())
+    data["files"].append(
+        {"role": "interpolation_model", "name": "film.safetensors", "kind": "frame_interpolation", "url": url,
+         "size": None, "sha256": None, "fetch": "on_demand"}
+    )  # fmt: skip
+    manifest.write_text(json.dumps(data))
+    assert main(["ensure"]) == 0
+    out = capsys.readouterr().out
+    assert "film.safetensors: on demand, left to the first job that needs it" in out
+    assert server.requests("/org/interp/resolve/main/film.safetensors") == []
+    row = next(line for line in out.splitlines() if line.startswith("film.safetensors "))
+    assert row.split()[1:] == ["frame_interpolation/", "on", "demand,", "missing", "unknown"]
+    assert "all 3 files present" in out and "1 more fetched on demand" in out and "(0 present)" in out
+
+    entries = manifest_from_env(os.environ)
+    entry = on_demand_entry("frame_interpolation", "film.safetensors", entries)
+    assert entry is not None
+    ref = ModelRef("interpolation_model", entry.kind, entry.url, entry.name)
+    names = ensure_refs([ref], Settings.from_env(), job_id="j", manifest=entries)
+    assert names == {"interpolation_model": "film.safetensors"}
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "on demand, verified" in out and "(1 present)" in out
+
+    assert main(["verify"]) == 0
+    assert "film.safetensors: verified" in capsys.readouterr().out
+    path = env / "frame_interpolation" / "film.safetensors"
+    record = read_record(path)
+    assert record is not None and record.sha256 == hashlib.sha256(film).hexdigest()
+    mtime = record.mtime_ns
+    with path.open("r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\0\0\0\0")
+    os.utime(path, ns=(path.stat().st_atime_ns, mtime))  # corrupted in place, its date kept
+    assert main(["verify"]) == 1
+    out = capsys.readouterr().out
+    assert "film.safetensors: CORRUPT" in out and "next job that needs it fetches it again" in out
+    assert main(["status"]) == 0  # the defaults are all there; the on-demand file is no longer vouched for
+    assert "on demand, present, not yet hashed" in capsys.readouterr().out

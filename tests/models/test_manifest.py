@@ -7,13 +7,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.models import FOLDER_KINDS, default_names, load_manifest
-from worker.models.manifest import ManifestError, parse_manifest
+from worker.models import FOLDER_KINDS, default_names, load_manifest, on_demand_entry
+from worker.models.manifest import ManifestError, at_start, parse_manifest
 from worker.models.volume import search_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 W22 = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
 W21 = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
+INTERPOLATION = "https://huggingface.co/Comfy-Org/frame_interpolation/resolve/main/frame_interpolation/"
+ON_DEMAND = [
+    ("interpolation_model", "film_net_fp16.safetensors"),
+    (None, "rife_v4.25.safetensors"),
+    (None, "rife_v4.25_heavy.safetensors"),
+    (None, "rife_v4.25_lite.safetensors"),
+    (None, "rife_v4.26.safetensors"),
+    (None, "rife_v4.26_heavy.safetensors"),
+]
 
 EXPECTED = [
     ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "models", W22, "diffusion_models", 14294742832,
@@ -32,7 +41,7 @@ EXPECTED = [
 
 
 def test_the_packaged_manifest_lists_the_six_defaults() -> None:
-    manifest = load_manifest()
+    manifest = at_start(load_manifest())
     got = [(e.name, e.folder, e.url, e.size, e.sha256) for e in manifest]
     want = [
         (name, folder, f"https://huggingface.co/{repo}/resolve/main/split_files/{sub}/{name}", size, sha)
@@ -41,10 +50,43 @@ def test_the_packaged_manifest_lists_the_six_defaults() -> None:
     assert got == want
 
 
+def test_the_interpolation_models_are_fetched_on_demand_from_the_hub() -> None:
+    entries = [e for e in load_manifest() if e.on_demand]
+    got = [(e.role, e.name, e.kind, e.folder, e.url, e.size, e.sha256) for e in entries]
+    want = [
+        (role, name, "frame_interpolation", "frame_interpolation", INTERPOLATION + name, None, None)
+        for role, name in ON_DEMAND
+    ]
+    assert got == want
+    assert on_demand_entry("frame_interpolation", "rife_v4.26.safetensors") == entries[4]
+    assert on_demand_entry("frame_interpolation", "nothing.safetensors") is None
+    assert on_demand_entry("vae", "wan_2.1_vae.safetensors") is None  # fetched at start, not on demand
+
+
 def test_default_names_by_role() -> None:
     names = default_names()
     assert names["high_model"] == EXPECTED[0][0] and names["low_model"] == EXPECTED[1][0]
-    assert set(names) == {"high_model", "low_model", "text_encoder", "vae", "lightning_high", "lightning_low"}
+    assert names["interpolation_model"] == "film_net_fp16.safetensors"
+    assert set(names) == {
+        "high_model",
+        "low_model",
+        "text_encoder",
+        "vae",
+        "lightning_high",
+        "lightning_low",
+        "interpolation_model",
+    }
+
+
+def test_an_on_demand_entry_may_leave_role_size_and_sha256_open() -> None:
+    base = {"name": "a.safetensors", "kind": "frame_interpolation", "url": "u"}
+    (entry,) = parse_manifest({"files": [{**base, "fetch": "on_demand"}]})
+    assert (entry.role, entry.size, entry.sha256, entry.on_demand) == (None, None, None, True)
+    (entry,) = parse_manifest(
+        {"files": [{**base, "role": None, "size": 7, "sha256": "A" * 64, "fetch": "on_demand"}]}
+    )
+    assert (entry.size, entry.sha256) == (7, "a" * 64)
+    assert default_names((entry,)) == {}
 
 
 @pytest.mark.parametrize(
@@ -58,6 +100,16 @@ def test_default_names_by_role() -> None:
          "64 hexadecimal"),
         ({"files": [{"role": "r", "name": "../a", "kind": "vae", "url": "u", "size": 1, "sha256": "0" * 64}]},
          "plain file name"),
+        ({"files": [{"role": "r", "name": "a", "kind": "vae", "url": "u", "size": None, "sha256": "0" * 64}]},
+         'size may be null only with "fetch": "on_demand"'),
+        ({"files": [{"role": None, "name": "a", "kind": "vae", "url": "u", "size": 1, "sha256": "0" * 64}]},
+         "role may be null only"),
+        ({"files": [{"name": "a", "kind": "vae", "url": "u", "fetch": "later"}]}, "fetch must be one of"),
+        ({"files": [{"name": "a", "kind": "vae", "url": "u", "fetch": "on_demand", "sha256": "xyz"}]},
+         "64 hexadecimal"),
+        ({"files": [{"role": "vae", "name": n, "kind": "vae", "url": "u", "fetch": "on_demand"}
+                    for n in ("a", "b")]},
+         "a role two default files"),
     ],
 )  # fmt: skip
 def test_a_broken_manifest_is_refused(data: object, words: str) -> None:

@@ -2,10 +2,13 @@
 
 - ``ensure [NAME ...]``: make every default file present: a verified one costs a stat, a missing one or one of
   the wrong size is downloaded, one of the right size that was never hashed is hashed once. Start-up runs it.
-- ``status``: a table of what is verified, present but not yet hashed, missing, of the wrong size or corrupt.
+  Files the manifest marks ``"fetch": "on_demand"`` are left to the first job that needs them.
+- ``status``: a table of what is verified, present but not yet hashed, missing, of the wrong size or corrupt;
+  on-demand files are listed as such, present or not.
 - ``verify [NAME ...]``: hash the files present again and record the result.
 
-Exit code: 0 when every default file is present (and, for ``verify``, matches its sha256), 1 otherwise,
+Exit code: 0 when every default file fetched at start is present (and, for ``verify``, every file present
+matches its sha256), 1 otherwise,
 2 for a usage or configuration error. Settings come from the environment (``VOLUME_ROOT``, ``HF_TOKEN``,
 ``DOWNLOAD_CONNECTIONS`` ...); ``MODELS_MANIFEST`` may name a manifest file that replaces the packaged one.
 """
@@ -23,9 +26,9 @@ from ..config import Settings, SettingsError
 from ..errors import InvalidInput
 from .download import part_info
 from .ensure import Action, Options, default_target, ensure_defaults, selected
-from .manifest import Manifest, ManifestEntry, ManifestError, manifest_from_env
+from .manifest import Manifest, ManifestEntry, ManifestError, at_start, manifest_from_env
 from .progress import ProgressLog, human_bytes
-from .volume import State, file_status, part_paths, verify_file
+from .volume import State, file_status, part_paths, read_record, record_path, verify_file
 
 log = logging.getLogger("worker.models.cli")
 
@@ -63,14 +66,22 @@ def _state_text(entry: ManifestEntry, settings: Settings) -> tuple[str, str, boo
         infos = [part_info(p, target.source) for p in part_paths(target.path)]
         on_disk = max((i.on_disk for i in infos if i is not None), default=0)
         if on_disk:
-            text = f"missing ({100 * on_disk / entry.size:.0f}% downloaded, resumable)"
+            done = f"{100 * on_disk / entry.size:.0f}%" if entry.size else human_bytes(on_disk)
+            text = f"missing ({done} downloaded, resumable)"
+    if entry.on_demand:
+        text = f"on demand, {text}"
     return folder, text, status.state.usable
 
 
+def _size_text(entry: ManifestEntry) -> str:
+    return human_bytes(entry.size) if entry.size is not None else "unknown"
+
+
 def print_table(manifest: Manifest, settings: Settings, out: TextIO) -> bool:
-    """Print the status table; True when every file is usable."""
-    rows = [(e.name, *_state_text(e, settings)[:2], human_bytes(e.size)) for e in manifest]
-    usable = [_state_text(e, settings)[2] for e in manifest]
+    """Print the status table; True when every file fetched at start is usable."""
+    states = {e.name: _state_text(e, settings) for e in manifest}
+    rows = [(e.name, *states[e.name][:2], _size_text(e)) for e in manifest]
+    usable = [states[e.name][2] for e in at_start(manifest)]
     header = ("FILE", "FOLDER", "STATE", "SIZE")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
     out.write(f"volume: {settings.volume_root}\n")
@@ -84,6 +95,11 @@ def print_table(manifest: Manifest, settings: Settings, out: TextIO) -> bool:
         )
     else:
         out.write(f"all {len(usable)} files present\n")
+    on_demand = [states[e.name][2] for e in manifest if e.on_demand]
+    if on_demand:
+        out.write(
+            f"{len(on_demand)} more fetched on demand by the first job that needs them ({sum(on_demand)} present)\n"
+        )
     return not missing
 
 
@@ -92,14 +108,17 @@ def _ensure(manifest: Manifest, settings: Settings, out: TextIO) -> int:
     for outcome in outcomes:
         what = outcome.action.value if outcome.action else f"FAILED: {outcome.error}"
         out.write(f"{outcome.entry.name}: {what}\n")
+    for entry in manifest:
+        if entry.on_demand:
+            out.write(f"{entry.name}: on demand, left to the first job that needs it\n")
     ok = all(o.action is not None for o in outcomes)
     print_table(manifest, settings, out)
     return 0 if ok else 1
 
 
-def _hash_progress(entry: ManifestEntry) -> Callable[[int], None]:
-    progress = ProgressLog(log, entry.name, verb="hashing")
-    return lambda done: progress(done, entry.size)
+def _hash_progress(name: str, size: int | None) -> Callable[[int], None]:
+    progress = ProgressLog(log, name, verb="hashing")
+    return lambda done: progress(done, size)
 
 
 def _verify(manifest: Manifest, settings: Settings, out: TextIO) -> int:
@@ -107,14 +126,28 @@ def _verify(manifest: Manifest, settings: Settings, out: TextIO) -> int:
     for entry in manifest:
         target = default_target(entry, settings.volume_root)
         status = file_status(target.path, entry.size, entry.sha256)
+        if status.state is State.MISSING and entry.on_demand:
+            out.write(f"{entry.name}: on demand, not fetched yet\n")
+            continue
         if status.state in (State.MISSING, State.WRONG_SIZE):
             out.write(f"{entry.name}: {status.state.value}, not hashed\n")
             ok = False
             continue
-        record = verify_file(target.path, progress=_hash_progress(entry))
-        good = record.sha256 == entry.sha256
+        known = read_record(target.path)  # on demand: the hash verified when it was downloaded
+        expected = entry.sha256 or (known.sha256 if known else None)
+        record = verify_file(target.path, progress=_hash_progress(entry.name, status.size))
+        if expected is None:
+            out.write(f"{entry.name}: sha256 {record.sha256} (no known sha256 to compare with)\n")
+            continue
+        good = record.sha256 == expected
         ok = ok and good
-        out.write(f"{entry.name}: {'verified' if good else 'CORRUPT: sha256 ' + record.sha256}\n")
+        if good:
+            out.write(f"{entry.name}: verified\n")
+            continue
+        out.write(f"{entry.name}: CORRUPT: sha256 {record.sha256}\n")
+        if entry.sha256 is None:  # the record was the only reference: it must not vouch for the file now
+            record_path(target.path).unlink(missing_ok=True)
+            out.write(f"  delete {target.path}: the next job that needs it fetches it again\n")
     return 0 if ok else 1
 
 

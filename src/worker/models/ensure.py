@@ -1,8 +1,12 @@
-"""Make model files present on the volume: the defaults at start, a job's overrides on demand.
+"""Make model files present on the volume: the defaults at start, a job's overrides and the manifest's
+on-demand files when a job first needs them.
 
 :func:`fetch_model` is the one way a file gets onto the volume, in named steps: early return when the file is
 there (one stat), lock, look again, download into this writer's own temporary file (taking over a dead
 writer's one when there is one), verify, rename into place, record the hash, clean up.
+
+A file whose sha256 the manifest does not give (a job's URL, an on-demand entry with ``sha256`` null) is checked
+against the sha256 the server announces, when it announces one (Hugging Face does for LFS files).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from ..netsafe import Resolver, make_session, redact_url, system_resolver
 from . import policy
 from .download import BadContent, Remote, Tuning, download, part_info, probe
 from .lock import LockTuning, ModelLock
-from .manifest import Manifest, ManifestEntry, find_by_name, find_by_url, load_manifest
+from .manifest import Manifest, ManifestEntry, at_start, find_by_name, find_by_url, load_manifest
 from .progress import ProgressLog, human_bytes
 from .volume import (
     FOLDER_KINDS,
@@ -53,7 +57,8 @@ ProgressCallback = Callable[[str, int, int | None], None]
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model file a job gives a URL for, to be downloaded on demand (under ``name`` when the job gives one).
+    """A model file a job gives a URL for, to be downloaded on demand (under ``name`` when the job gives one),
+    or a manifest's on-demand file (``url`` and ``name`` of its :func:`~worker.models.on_demand_entry`).
 
     Files a job names without a URL need no download: the handler checks them against ComfyUI's listing."""
 
@@ -315,10 +320,16 @@ def _fetch_model(target: Target, ctx: _Context, *, verify: bool) -> Action:
 
 
 def _validate(ref: ModelRef, ctx: _Context) -> None:
-    """The rules that need no request: kind, URL policy, file name, no clash with a default file's name."""
+    """The rules checked before any download: kind, URL policy, file name, no clash with a default file's name.
+
+    A manifest's own URL is not resolved here (a file already present costs a stat, no request): the full check
+    is made before it is downloaded."""
     if ref.kind not in FOLDER_KINDS:
         raise InvalidInput(f"{ref.field}: unknown model kind {ref.kind!r}; known: {', '.join(FOLDER_KINDS)}")
-    policy.check_model_url(ref.url, field=ref.field, settings=ctx.settings, resolver=ctx.options.resolver)
+    if find_by_url(ctx.manifest, ref.kind, ref.url) is not None:
+        policy.check_url_rules(ref.url, field=ref.field, settings=ctx.settings)
+    else:
+        policy.check_model_url(ref.url, field=ref.field, settings=ctx.settings, resolver=ctx.options.resolver)
     if ref.name is not None:
         policy.check_name(ref.name, field=ref.field, settings=ctx.settings)
         entry = find_by_name(ctx.manifest, ref.kind, ref.name)
@@ -367,6 +378,22 @@ def _target_for_manifest(ref: ModelRef, entry: ManifestEntry, ctx: _Context) -> 
     return Target(ref.field, ref.kind, entry.url, name, path, entry.size, entry.sha256)
 
 
+def _announced(ref: ModelRef, remote: Remote, ctx: _Context) -> None:
+    if remote.sha256 is not None:
+        ctx.say(
+            "%s: the server announces sha256 %s; the download is checked against it", ref.field, remote.sha256
+        )
+
+
+def _complete(target: Target, ref: ModelRef, ctx: _Context) -> Target:
+    """A target whose size or sha256 the manifest leaves open, with what the server announces filled in."""
+    remote = _probe(ref, ctx)
+    policy.check_size(remote.total, field=ref.field, url=ref.url, settings=ctx.settings)
+    if target.sha256 is None:
+        _announced(ref, remote, ctx)
+    return replace(target, size=target.size or remote.total, sha256=target.sha256 or remote.sha256)
+
+
 def _ensure_url(ref: ModelRef, ctx: _Context) -> str:
     """Download ``ref.url`` unless the same URL (or a whole file of the wanted name) is already there."""
     root = ctx.settings.volume_root
@@ -374,6 +401,9 @@ def _ensure_url(ref: ModelRef, ctx: _Context) -> str:
     if entry is not None:
         target = _target_for_manifest(ref, entry, ctx)
         _claim(ctx, ref, target.name)
+        unknown = target.size is None or target.sha256 is None
+        if unknown and _ready(target, ctx, verify=False, locked=False) is None:
+            target = _complete(target, ref, ctx)
         fetch_model(target, ctx)
         return target.name
     known = _from_index(ref, ctx)
@@ -391,8 +421,9 @@ def _ensure_url(ref: ModelRef, ctx: _Context) -> str:
     )
     policy.check_size(remote.total, field=ref.field, url=ref.url, settings=ctx.settings)
     _claim(ctx, ref, name)
+    _announced(ref, remote, ctx)
     path = target_path(root, ref.kind, name)
-    fetch_model(Target(ref.field, ref.kind, ref.url, name, path, remote.total, None), ctx)
+    fetch_model(Target(ref.field, ref.kind, ref.url, name, path, remote.total, remote.sha256), ctx)
     record = read_record(path)
     size = record.size if record else path.stat().st_size
     write_index(
@@ -480,7 +511,8 @@ def ensure_job_models(
     """Return field -> the file name ComfyUI knows the file by, after making every file present.
 
     Each ref's URL is downloaded into its volume folder unless already there (the same URL fetched before, or
-    a whole file of the wanted name). Policy violations raise
+    a whole file of the wanted name); the URL of a manifest entry (an on-demand one: see
+    :func:`~worker.models.on_demand_entry`) costs one stat when its file is present. Policy violations raise
     :class:`UrlNotAllowed` before any request to the model's host; transfer or verification failures raise
     :class:`ModelDownloadFailed`; a set ``cancel`` raises :class:`JobCancelled` (the download resumes later).
     ``on_progress(field, bytes_done, total_or_None)`` is called about once a second per download.
@@ -502,7 +534,7 @@ class Outcome:
 
 def default_target(entry: ManifestEntry, root: Path) -> Target:
     path = target_path(root, entry.kind, entry.name)
-    return Target(entry.role, entry.kind, entry.url, entry.name, path, entry.size, entry.sha256)
+    return Target(entry.role or entry.name, entry.kind, entry.url, entry.name, path, entry.size, entry.sha256)
 
 
 def selected(manifest: Manifest, only: Collection[str]) -> Manifest:
@@ -524,11 +556,12 @@ def ensure_defaults(
     options: Options | None = None,
     cancel: threading.Event | None = None,
 ) -> list[Outcome]:
-    """Make every manifest file present and verified: a verified one costs a stat, a missing or wrong one is
-    downloaded, one of the right size never hashed is hashed once. Failures are reported, not raised."""
+    """Make every manifest file fetched at start present and verified: a verified one costs a stat, a missing or
+    wrong one is downloaded, one of the right size never hashed is hashed once. Failures are reported, not
+    raised. On-demand entries are left to the first job that needs them."""
     ctx = _context(settings, job_id="", on_progress=None, cancel=cancel, options=options, manifest=manifest)
     outcomes = []
-    for entry in manifest:
+    for entry in at_start(manifest):
         target = default_target(entry, settings.volume_root)
         try:
             action = fetch_model(target, ctx, verify=True)
