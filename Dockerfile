@@ -17,9 +17,9 @@
 #   and CUDA 13.0.3 libraries as nvidia-* wheels): the very wheels the tests run on CPU. It covers every GPU
 #   generation RunPod offers: Ampere (A40, RTX A6000, A100, RTX 3090: sm_80/86), Ada (L4, L40S, RTX 4090,
 #   RTX 6000 Ada: sm_89), Hopper (H100, H200: sm_90) and Blackwell (B200, RTX 5090, RTX PRO 6000: sm_100/120).
-# - No torchaudio: no release matches torch 2.14.1 (PyPI's newest is 2.11.1, built against torch 2.11). ComfyUI
-#   then only warns that two audio node modules do not import; no node of the Wan graphs uses them, and the
-#   tests run ComfyUI without it too.
+# - torchaudio 2.11.1, PyPI's newest: ComfyUI v0.33.0 does not start without it (comfy/sd.py imports the LTX
+#   audio VAE, which imports torchaudio). There is no 2.14 release; from 2.11 on torchaudio asks for any torch and
+#   runs on torch 2.14.1 (the tests run ComfyUI with exactly this pair). No node of the Wan graphs uses it.
 # - nvidia/cuda:13.0.3-runtime-ubuntu24.04 is the CUDA runtime that matches torch's CUDA 13.0.3 and declares
 #   CUDA 13.0 to the NVIDIA container runtime. CUDA 13.0 needs an NVIDIA driver of the 580 series or later: on a
 #   host with an older driver the container does not start, or torch finds no GPU. A RunPod endpoint must
@@ -66,12 +66,14 @@ RUN apt-get update \
 
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
+ARG TORCHAUDIO_VERSION=2.11.1
 
-# Every pip install below is held to these versions (PIP_CONSTRAINT): torch and torchvision from the ARGs above,
+# Every pip install below is held to these versions (PIP_CONSTRAINT): torch, torchvision, torchaudio from the ARGs,
 # the Triton that torch 2.14.1 brings, ComfyUI's own compiled packages, and the worker's dependencies.
 RUN cat > /opt/constraints.txt <<EOF
 torch==${TORCH_VERSION}
 torchvision==${TORCHVISION_VERSION}
+torchaudio==${TORCHAUDIO_VERSION}
 triton==3.8.0
 comfy-kitchen==0.2.31
 comfy-aimdo==0.4.13
@@ -87,19 +89,17 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
     && pip install --no-cache-dir pip==25.3
 
 # PyPI's build (CUDA 13.0), not an index of other CUDA builds.
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+        "torchaudio==${TORCHAUDIO_VERSION}"
 
-# ComfyUI's requirements.txt names torchaudio unpinned: without it, pip would take the newest torchaudio, built
-# for another torch. It is left out (see above); torch and torchvision are held by the constraints.
+# ComfyUI's requirements.txt names torch, torchvision and torchaudio unpinned: the constraints hold them to the
+# versions installed above.
 ARG COMFYUI_VERSION=v0.33.0
 ARG COMFYUI_COMMIT=2f35f4a08176d993cded35dac3332be4f7287f41
 RUN git clone --depth 1 --branch "$COMFYUI_VERSION" https://github.com/Comfy-Org/ComfyUI.git /opt/ComfyUI \
     && test "$(git -C /opt/ComfyUI rev-parse HEAD)" = "$COMFYUI_COMMIT" \
     && rm -rf /opt/ComfyUI/.git \
-    && grep -Ev '^torchaudio([^A-Za-z0-9_.-]|$)' /opt/ComfyUI/requirements.txt > /tmp/comfyui-requirements.txt \
-    && pip install --no-cache-dir -r /tmp/comfyui-requirements.txt \
-    && rm /tmp/comfyui-requirements.txt \
-    && ! pip show torchaudio >/dev/null 2>&1 \
+    && pip install --no-cache-dir -r /opt/ComfyUI/requirements.txt \
     && python3 -m compileall -q -x '/tests' /opt/ComfyUI
 
 # --------------------------------------------------------------------------------------------- models

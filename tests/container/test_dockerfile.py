@@ -144,13 +144,17 @@ def test_pytorch_is_pinned_by_the_args_and_comes_from_pypi() -> None:
     assert "PIP_CONSTRAINT=/opt/constraints.txt" in TEXT
     # One truth: the ARG lines (which tests/real reads too); the constraints and the install use them.
     assert pins["torch"] == "${TORCH_VERSION}" and pins["torchvision"] == "${TORCHVISION_VERSION}"
+    assert pins["torchaudio"] == "${TORCHAUDIO_VERSION}"
     installs = [
         rest for word, rest in instructions() if word == "RUN" and re.search(r"pip install .*torch==", rest)
     ]
-    assert installs == [
-        'pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"'
+    assert [" ".join(i.replace("\\\n", " ").split()) for i in installs] == [
+        'pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" '
+        '"torchaudio==${TORCHAUDIO_VERSION}"'
     ]
-    assert not re.search(r"torch(vision)?==\d", TEXT), "torch versions are written once, in the ARG lines"
+    assert not re.search(r"torch(vision|audio)?==\d", TEXT), (
+        "torch versions are written once, in the ARG lines"
+    )
     # PyPI's own build: no other index, so the CUDA build is the one PYPI_TORCH_CUDA names.
     assert "--index-url" not in TEXT and "--extra-index-url" not in TEXT
     assert "download.pytorch.org" not in TEXT
@@ -164,7 +168,7 @@ def test_pytorch_is_pinned_by_the_args_and_comes_from_pypi() -> None:
         "the base image's CUDA is torch's"
     )
     for name, version in pins.items():
-        if name not in {"torch", "torchvision"}:
+        if name not in {"torch", "torchvision", "torchaudio"}:
             assert re.fullmatch(r"\d+(\.\d+)+", version), f"{name} is not pinned to a version"
     for name in ("triton", "comfy-kitchen", "comfy-aimdo", "runpod"):
         assert name in pins, f"{name} is not pinned"
@@ -181,15 +185,13 @@ def test_comfyuis_own_pins_are_kept() -> None:
             )
 
 
-def test_no_torchaudio_no_sageattention_no_compiler() -> None:
+def test_torchaudio_pinned_no_sageattention_no_compiler() -> None:
     pins = constraints()
-    assert "torchaudio" not in pins and "sageattention" not in pins
+    assert pins["torchaudio"] == "${TORCHAUDIO_VERSION}" and arg("TORCHAUDIO_VERSION") == "2.11.1"
+    assert "sageattention" not in pins
     assert not any("sageattention" in rest.lower() for _, rest in instructions())
-    # ComfyUI's requirements.txt names torchaudio: it is filtered out, and the build fails if anything brings it.
     comfy = next(rest for word, rest in instructions() if word == "RUN" and "git clone" in rest)
-    assert "grep -Ev '^torchaudio([^A-Za-z0-9_.-]|$)' /opt/ComfyUI/requirements.txt" in comfy
-    assert "pip install --no-cache-dir -r /tmp/comfyui-requirements.txt" in comfy
-    assert "! pip show torchaudio" in comfy
+    assert "pip install --no-cache-dir -r /opt/ComfyUI/requirements.txt" in comfy
     apt = next(rest for word, rest in instructions() if word == "RUN" and "apt-get install" in rest)
     packages = set(apt.split("--no-install-recommends", 1)[1].split("&&", 1)[0].split())
     assert packages == {"python3", "python3-venv", "git", "ca-certificates", "curl", "tini"}
