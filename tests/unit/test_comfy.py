@@ -97,6 +97,19 @@ def test_full_run_with_progress_and_video(client: ComfyClient) -> None:
     assert (info.frames, info.width, info.height) == (9, 128, 128)
 
 
+def test_the_end_is_taken_after_comfyui_writes_the_history(client: ComfyClient, emulator: Emulator) -> None:
+    """ComfyUI v0.33.0 sends execution_success before it writes /history: a client that ended there found no
+    entry. With the history written half a second after execution_success, the run still finds its video."""
+    emulator.configure(history_delay=0.5)
+    try:
+        for _ in range(3):
+            _, outcome = run(client, graph_for(client))
+            videos = [o for o in outcome.outputs if o.node_id == "save_video"]
+            assert len(videos) == 1 and probe(client.fetch_output(videos[0])).frames == 9
+    finally:
+        emulator.configure(history_delay=0.0)
+
+
 def test_flf2v_graph_runs(client: ComfyClient) -> None:
     _, outcome = run(client, graph_for(client, end_image_base64="eA=="))
     assert outcome.outputs
