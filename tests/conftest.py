@@ -1,5 +1,5 @@
-"""Fixtures shared by the handler-level tests (one emulator per module, settings pointed at it), and the order
-in which pytest-xdist hands test files to its processes."""
+"""Fixtures shared by the handler-level tests (one emulator per module, settings pointed at it, a local S3
+server), and the order in which pytest-xdist hands test files to its processes."""
 
 from __future__ import annotations
 
@@ -28,6 +28,24 @@ def settings(emulator: Emulator, tmp_path: Path) -> Settings:
     return settings_for(
         emulator.url, tmp_path, COMFY_INPUT_DIR=emulator.input_dir, COMFY_OUTPUT_DIR=emulator.output_dir
     )
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3 server (moto) with a bucket named videos."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+    )
+    client.create_bucket(Bucket="videos")
+    yield endpoint
+    server.stop()
 
 
 LONGEST_FIRST = (

@@ -15,7 +15,7 @@ from . import roles
 from .config import Settings
 from .errors import ComfyValidationError, ModelMissing
 from .graph import LoraFiles, ModelFiles
-from .models import FOLDER_KINDS, ModelRef, default_names, ensure_job_models, policy
+from .models import FOLDER_KINDS, ModelRef, default_names, ensure_job_models, on_demand_entry, policy
 from .schema import JobInput
 
 Listing = Callable[[str], list[str] | None]
@@ -36,6 +36,19 @@ def url_refs(job: JobInput) -> list[ModelRef]:
     return refs
 
 
+def on_demand_refs(job: JobInput, names: dict[str, str | None]) -> list[ModelRef]:
+    """The manifest's on-demand files (fetched on first use, not at start) that the job's graph loads."""
+    refs = []
+    for role in roles.ROLES:
+        name = names.get(role.name)
+        if not name or not role.used_by(job, named=True) or (role.job_field and job.model_url(role.name)):
+            continue
+        entry = on_demand_entry(role.kind, name)
+        if entry is not None:
+            refs.append(ModelRef(field=role.name, kind=role.kind, url=entry.url, name=entry.name))
+    return refs
+
+
 def check_urls(job: JobInput, settings: Settings) -> None:
     """Refuse a model URL the policy forbids (scheme, host list) before any work; needs no request."""
     for ref in url_refs(job):
@@ -50,15 +63,17 @@ def resolve(
     on_progress: Callable[[str, int, int | None], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> ModelFiles:
-    """Download what the job gives as URLs; returns the file names the graph will load."""
-    fetched = ensure_job_models(
-        url_refs(job), settings, job_id=job_id, on_progress=on_progress, cancel=cancel
-    )
+    """Download what the job gives as URLs, and the manifest's on-demand files its graph loads the first time
+    one is needed; returns the file names the graph will load."""
     defaults = default_names()
     names: dict[str, str | None] = {}
     for role in roles.ROLES:
         given = job.model_name(role.name) if role.job_field else None
-        names[role.name] = fetched.get(f"{role.name}_url") or given or defaults.get(role.name)
+        names[role.name] = given or defaults.get(role.name)
+    refs = url_refs(job) + on_demand_refs(job, names)
+    fetched = ensure_job_models(refs, settings, job_id=job_id, on_progress=on_progress, cancel=cancel)
+    for role in roles.ROLES:
+        names[role.name] = fetched.get(f"{role.name}_url") or fetched.get(role.name) or names[role.name]
     loras = [
         LoraFiles(
             high=fetched.get(f"lora_pairs[{index}].high_url") or pair.high,

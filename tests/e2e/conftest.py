@@ -19,6 +19,7 @@ DEFAULTS = {
         "motion_high.safetensors",
     ],
     "clip_vision": ["clip_vision_h.safetensors"],
+    "frame_interpolation": ["film_net_fp16.safetensors"],
 }
 
 
@@ -36,7 +37,11 @@ def _reset_faults(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("volume")
+    """The network volume; the interpolation model, fetched on first use, is already there."""
+    root = tmp_path_factory.mktemp("volume")
+    (root / "frame_interpolation").mkdir()
+    (root / "frame_interpolation" / "film_net_fp16.safetensors").write_bytes(b"present")
+    return root
 
 
 @pytest.fixture(scope="module")

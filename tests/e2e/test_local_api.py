@@ -231,3 +231,19 @@ def test_the_crf_reaches_save_video(api: LocalApi, emulator: Emulator) -> None:
         "re-encode",
         30.0,
     )
+
+
+def test_interpolation_doubles_the_frames_and_the_fps(api: LocalApi, emulator: Emulator) -> None:
+    body = api.runsync(job(length=9, fps=16, interpolate=2))
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    info = probe_b64(out["video"])
+    assert (info.frames, info.fps) == (17, 32)
+    assert (out["length"], out["fps"], out["output_length"], out["output_fps"]) == (9, 16.0, 17, 32.0)
+    assert last_graph(emulator)["video"]["inputs"]["images"] == ["interpolate", 0]
+
+
+def test_interpolation_with_flf2v_and_context_windows(api: LocalApi) -> None:
+    body = api.runsync(job(width=128, height=128, length=85, end_image_base64=END, interpolate=2))
+    assert body["status"] == "COMPLETED", body
+    assert probe_b64(body["output"]["video"]).frames == 169

@@ -6,32 +6,16 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import Iterator
 
 import boto3
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
 from worker.config import Settings
 from worker.deliver import InlineEncoder, JobResult, bucket_target, resolve_output_mode, upload
 from worker.errors import InvalidInput, OutputTooLarge, UploadFailed
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
-    )
-    client.create_bucket(Bucket="videos")
-    yield endpoint
-    server.stop()
 
 
 def bucket_settings(endpoint: str, **extra: str) -> Settings:
