@@ -289,8 +289,8 @@ class JobInput(_ModelOverrides):
         ge=0,
         le=51,
         description="H.264 quality (constant rate factor): lower is sharper and larger; 19 keeps the fine "
-        "texture and smooth gradients of generated video free of visible blocking at about 1.5x the size of "
-        "x264's own default of 23",
+        "texture and smooth gradients of generated video free of visible blocking, for a file somewhat larger "
+        "than at x264's own default of 23",
     )
     output: OutputMode = Field(
         default="auto", description="base64, url (the bucket), or auto (url when a bucket is configured)"
