@@ -1,0 +1,1 @@
+"""The real-ComfyUI test tier: see test_real_comfyui.py."""
