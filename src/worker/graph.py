@@ -3,9 +3,10 @@
 The templates in ``workflows/`` are ComfyUI API-format graphs with meaningful node ids; ``workflows/README.md``
 tables which job field lands in which node and input. The binder copies the template, fills the inputs, drops
 the Lightning LoRA nodes when ``lightning`` is off, chains the user's LoRA pairs on each expert, inserts
-context windows for videos longer than one window, and adds CLIP vision nodes when a CLIP vision model is
-named. Node ids of the shared nodes never depend on the job, so that ComfyUI's cache keeps the loaded experts
-between jobs, whichever mode they are.
+context windows for videos longer than one window, adds CLIP vision nodes when a CLIP vision model is named
+and frame interpolation between decode and the video when the job interpolates, and sets SaveVideo's H.264
+quality. Which node loads which model file comes from :mod:`worker.roles`. Node ids of the shared nodes never
+depend on the job, so that ComfyUI's cache keeps the loaded experts between jobs, whichever mode they are.
 """
 
 from __future__ import annotations
