@@ -162,16 +162,19 @@ def test_hub_defaults_of_start_script_settings_are_start_sh_defaults() -> None:
 # --------------------------------------------------------------------------------------------- tests.json
 
 
-def test_hub_test_is_one_small_valid_i2v_job() -> None:
+def test_hub_tests_are_small_valid_i2v_jobs_one_interpolated() -> None:
+    from worker.framing import frame
     from worker.schema import parse_job_input
 
-    assert len(TESTS["tests"]) == 1
-    case = TESTS["tests"][0]
-    assert case["name"]
-    job = parse_job_input(case["input"])
-    assert job.end_image_url is None and job.end_image_base64 is None and job.end_image_path is None
-    assert job.width * job.height <= 480 * 480 and job.length <= 33
-    assert isinstance(case["timeout"], int) and 60_000 <= case["timeout"] <= 1_200_000
+    assert [case["name"] for case in TESTS["tests"]] == ["i2v_small", "i2v_interpolated"]
+    for case in TESTS["tests"]:
+        job = parse_job_input(case["input"])
+        frame(job, 240, 416)  # the test image's size
+        assert job.end_image_url is None and job.end_image_base64 is None and job.end_image_path is None
+        assert job.width * job.height <= 480 * 480 and job.output_length <= 33
+        assert isinstance(case["timeout"], int) and 60_000 <= case["timeout"] <= 1_200_000
+    interpolated = parse_job_input(TESTS["tests"][1]["input"])
+    assert interpolated.interpolates and "height" not in TESTS["tests"][1]["input"]
     config = TESTS["config"]
     assert config["gpuCount"] == 1
     assert config["gpuTypeId"].startswith("NVIDIA ")
