@@ -49,6 +49,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 LONGEST_FIRST = (
+    "tests/real/test_real_comfyui.py",
     "tests/faults/test_load.py",
     "tests/faults/test_hostile_input.py",
     "tests/e2e/",

@@ -7,9 +7,11 @@ user folders and an in-memory database, so that several test runs can share one 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -26,6 +28,15 @@ from .comfy_env import REPO, ComfyEnv, SetupError
 START_TIMEOUT_S = 180.0
 WORKER_TIMEOUTS = {"JOB_TIMEOUT_S": "1200", "COMFY_IDLE_TIMEOUT_S": "600"}
 """Generous: the first job loads the 5.7 GB text encoder and encodes two 512-token prompts on CPU."""
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, so that no ComfyUI outlives its run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RealComfyUI:
@@ -76,7 +87,12 @@ class RealComfyUI:
         env.pop("PYTHONPATH", None)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.command(), cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            self.command(),
+            cwd=self.workdir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         self.wait_ready(timeout_s)
 

@@ -1,0 +1,447 @@
+"""The real ComfyUI (the version the image ships, on CPU, with tiny models) judges the worker.
+
+In this order, which the tests rely on:
+1. the pins: the Dockerfile names the ComfyUI the tests unpack, and that ComfyUI runs;
+2. validation: every graph shape the binder can produce is accepted by ``POST /prompt``; the graphs name
+   zero-byte model files, so that a graph ComfyUI goes on to run fails at once in its first loader;
+3. parity: good and broken graphs get the same verdict and the same errors from the emulator;
+4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), a video
+   longer than one context window, a cancel (through a stand-in of RunPod's job API, the only way a cancel
+   reaches a worker), and twenty jobs in a row.
+
+Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
+a minute per 512-token prompt on two CPU cores) and keeps the encoding for the jobs after.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from tests.emulator import Emulator
+from tests.support.images import data_uri, image_bytes
+from tests.support.video import probe_b64
+from tests.support.worker_proc import LocalApi
+from worker import graph, roles
+from worker.schema import JobInput, parse_job_input
+
+from .comfy_env import REPO, pins_from_dockerfile, read_pins, tarball_for, tarball_version
+from .comfyui_server import RealComfyUI, describe_refusal
+from .runpod_standin import ProductionWorker, RunpodStandin, production_env
+from .tiny_models import default_names, validation_lora, validation_name
+
+pytestmark = [pytest.mark.real_comfyui, pytest.mark.timeout(1800)]
+"""A test that is the first to need ComfyUI also pays for its setup: the environment's first build (about two
+minutes), the tiny models (seconds) and ComfyUI's start (about ten seconds)."""
+
+PROMPT = "a red fox runs through the snow"
+START_PNG = image_bytes("PNG", (128, 128), (200, 60, 30))
+END_PNG = image_bytes("PNG", (128, 128), (30, 60, 200))
+START = data_uri(START_PNG)
+END = data_uri(END_PNG)
+FIRST_JOB_S = 1500
+"""The first job loads the text encoder and encodes the prompts: minutes on CPU, more beside other tests."""
+JOB_S = 600
+
+
+def job(**fields: Any) -> dict[str, Any]:
+    return {
+        "prompt": PROMPT,
+        "image_base64": START,
+        "width": 128,
+        "height": 128,
+        "length": 9,
+        "seed": 7,
+        "output": "base64",
+        **fields,
+    }
+
+
+# --------------------------------------------------------------------------------------------- the pins
+def test_dockerfile_pins_the_comfyui_and_torch_the_tests_run() -> None:
+    found = read_pins((REPO / "Dockerfile").read_text(encoding="utf-8"))
+    assert {"COMFYUI_VERSION", "COMFYUI_COMMIT", "TORCH_VERSION", "TORCHVISION_VERSION"} <= set(found), found
+    assert re.fullmatch(r"[0-9a-f]{40}", found["COMFYUI_COMMIT"]), found["COMFYUI_COMMIT"]
+    pins = pins_from_dockerfile()
+    assert "v" + tarball_version(tarball_for(pins)) == pins.comfyui_version
+
+
+def test_the_pinned_comfyui_runs_with_the_tiny_models(comfyui: RealComfyUI) -> None:
+    stats = comfyui.system_stats()
+    assert "v" + stats["system"]["comfyui_version"] == pins_from_dockerfile().comfyui_version
+    names = default_names()
+    for role in ("high_model", "low_model", "text_encoder", "vae", "lightning_high", "lightning_low"):
+        kind = roles.BY_NAME[role].kind
+        assert names[role] in comfyui.models(kind), f"{role}: {names[role]} not in ComfyUI's {kind}"
+
+
+# --------------------------------------------------------------------------------------------- validation
+LORA_LAYOUTS: dict[str, tuple[tuple[bool, bool], ...]] = {
+    "0": (),
+    "1": ((True, True),),
+    "2_high_only": ((True, True), (True, False)),
+    "3_low_only": ((True, True), (False, True), (True, True)),
+    "4_mixed": ((True, True), (True, False), (False, True), (True, True)),
+}
+"""LoRA pairs as (on the high expert, on the low expert): chains of 0 to 4 nodes on each expert."""
+CONTEXT_OPTIONS = list(itertools.product((True, False), (False, True), (48, 0, 80, 16)))
+"""(context_freenoise, context_retain_first_frame, context_overlap), cycled through the windowed shapes."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    mode: str
+    lightning: bool
+    loras: str
+    clip_vision: bool
+    windows: bool
+    interpolate: int
+    context: tuple[bool, bool, int] = (True, False, 48)
+
+    @property
+    def id(self) -> str:
+        parts = [self.mode, "lightning" if self.lightning else "plain", f"loras{self.loras}"]
+        parts.append("clipvision" if self.clip_vision else "noclip")
+        if self.windows:
+            freenoise, retain, overlap = self.context
+            parts.append(f"windows-fn{int(freenoise)}-rf{int(retain)}-ov{overlap}")
+        else:
+            parts.append("onewindow")
+        parts.append(f"x{self.interpolate}")
+        return "-".join(parts)
+
+    def job(self) -> JobInput:
+        fields = job(
+            length=85 if self.windows else 9,
+            lightning=self.lightning,
+            interpolate=self.interpolate,
+            context_freenoise=self.context[0],
+            context_retain_first_frame=self.context[1],
+            context_overlap=self.context[2],
+        )
+        if self.mode == "flf2v":
+            fields["end_image_base64"] = END
+        return parse_job_input(fields)
+
+    def files(self) -> graph.ModelFiles:
+        """Zero-byte files for every role the shape loads; CLIP vision only when the shape has it."""
+        loras = [
+            graph.LoraFiles(
+                high=validation_lora(index, "high") if high else None,
+                low=validation_lora(index, "low") if low else None,
+                high_weight=0.5 + index / 10,
+                low_weight=1.0 - index / 10,
+            )
+            for index, (high, low) in enumerate(LORA_LAYOUTS[self.loras], start=1)
+        ]
+        names = {role.name: validation_name(role.name) for role in roles.ROLES}
+        if not self.clip_vision:
+            names.pop("clip_vision", None)
+        return graph.ModelFiles(loras=loras, **names)
+
+
+def all_shapes() -> list[Shape]:
+    shapes = []
+    cycle = itertools.cycle(CONTEXT_OPTIONS)
+    for mode, lightning, loras, clip_vision, windows, interpolate in itertools.product(
+        ("i2v", "flf2v"), (True, False), LORA_LAYOUTS, (False, True), (False, True), (1, 2)
+    ):
+        context = next(cycle) if windows else (True, False, 48)
+        shapes.append(Shape(mode, lightning, loras, clip_vision, windows, interpolate, context))
+    return shapes
+
+
+SHAPES = all_shapes()
+
+
+@pytest.fixture(scope="module")
+def uploaded(comfyui: RealComfyUI) -> graph.Images:
+    """The start and end images, uploaded once for every validated graph."""
+    return graph.Images(
+        start=comfyui.upload_image(START_PNG, "validate_start.png"),
+        end=comfyui.upload_image(END_PNG, "validate_end.png"),
+    )
+
+
+def bound(shape: Shape, images: graph.Images) -> graph.Graph:
+    workflows = REPO / "workflows"
+    template = graph.load_template(workflows, shape.mode)
+    return graph.bind(template, shape.job(), shape.files(), images, filename_prefix=f"validate/{shape.id}")
+
+
+def expected_nodes(shape: Shape) -> set[str]:
+    """Node ids the binder must have added for ``shape``: proof that the matrix covers what it claims."""
+    nodes = set()
+    if shape.lightning:
+        nodes |= {"lightning_high", "lightning_low"}
+    for index, (high, low) in enumerate(LORA_LAYOUTS[shape.loras], start=1):
+        nodes |= {f"lora_high_{index}"} if high else set()
+        nodes |= {f"lora_low_{index}"} if low else set()
+    if shape.clip_vision:
+        nodes |= {"clip_vision", "clip_vision_start"} | (
+            {"clip_vision_end"} if shape.mode == "flf2v" else set()
+        )
+    if shape.windows:
+        nodes |= {"context_high", "context_low"}
+    if shape.interpolate > 1:
+        nodes.add(graph.INTERPOLATE_NODE)
+    return nodes
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
+def test_every_graph_shape_is_accepted(comfyui: RealComfyUI, uploaded: graph.Images, shape: Shape) -> None:
+    prompt = bound(shape, uploaded)
+    missing = expected_nodes(shape) - set(prompt)
+    assert not missing, f"the binder did not add {missing}"
+    if shape.windows:
+        context = prompt["context_high"]["inputs"]
+        assert (
+            context["freenoise"],
+            context["retain_first_frame"],
+            context["context_overlap"],
+        ) == shape.context
+    status, body = comfyui.post_prompt(prompt)
+    assert status == 200, f"ComfyUI refused the {shape.id} graph:\n{describe_refusal(body)}"
+    assert body.get("node_errors") == {}, (
+        f"ComfyUI accepted {shape.id} with errors:\n{describe_refusal(body)}"
+    )
+
+
+# --------------------------------------------------------------------------------------------- parity
+def parity_base(images: graph.Images) -> graph.Graph:
+    """A rich graph: I2V, Lightning, two LoRA pairs (one one-sided), context windows, CLIP vision."""
+    shape = Shape("i2v", True, "2_high_only", True, True, 1)
+    return bound(shape, images)
+
+
+def broken(base: graph.Graph, change: str) -> graph.Graph:
+    prompt = copy.deepcopy(base)
+    if change == "unknown_class":
+        prompt["mystery"] = {"class_type": "NoSuchNode", "inputs": {"image": ["start_image", 0]}}
+    elif change == "missing_required_input":
+        del prompt["sampler_high"]["inputs"]["cfg"]
+    elif change == "bad_combo_value":
+        prompt["sampler_high"]["inputs"]["sampler_name"] = "no_such_sampler"
+    elif change == "int_below_min":
+        prompt["sampler_low"]["inputs"]["steps"] = 0
+    elif change == "int_above_max":
+        prompt["conditioning"]["inputs"]["width"] = 100_000
+    elif change == "wrong_link_type":
+        prompt["video"]["inputs"]["images"] = ["vae", 0]
+    elif change == "link_to_missing_node":
+        prompt["decode"]["inputs"]["samples"] = ["no_such_node", 0]
+    elif change == "missing_model_file":
+        prompt["high_model"]["inputs"]["unet_name"] = "absent_high.safetensors"
+    elif change == "missing_lora_file":
+        prompt["lora_high_1"]["inputs"]["lora_name"] = "absent_lora.safetensors"
+    elif change == "missing_image":
+        prompt["start_image"]["inputs"]["image"] = "absent.png"
+    elif change == "not_a_number":
+        prompt["sampler_high"]["inputs"]["cfg"] = "plenty"
+    elif change == "no_output_node":
+        del prompt["save_video"]
+    elif change == "context_option_missing":
+        del prompt["context_low"]["inputs"]["retain_first_frame"]
+    elif change != "good":
+        raise ValueError(change)
+    return prompt
+
+
+PARITY_CASES = (
+    "good",
+    "unknown_class",
+    "missing_required_input",
+    "bad_combo_value",
+    "int_below_min",
+    "int_above_max",
+    "wrong_link_type",
+    "link_to_missing_node",
+    "missing_model_file",
+    "missing_lora_file",
+    "missing_image",
+    "not_a_number",
+    "no_output_node",
+    "context_option_missing",
+)
+
+
+def verdict(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """What a client can rely on: accepted or not, the top-level error type, and each node's errors."""
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    node_errors = body.get("node_errors") or {}
+    return {
+        "status": status,
+        "error_type": error.get("type"),
+        "error_node": (error.get("extra_info") or {}).get("node_id"),
+        "node_errors": sorted(
+            (node_id, e.get("type"), (e.get("extra_info") or {}).get("input_name"))
+            for node_id, entry in node_errors.items()
+            for e in entry.get("errors", [])
+        ),
+        "node_classes": {node_id: entry.get("class_type") for node_id, entry in node_errors.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def emulator(comfyui: RealComfyUI) -> Iterator[Emulator]:
+    """The emulator, given the same model files the real ComfyUI lists, and the same uploaded images."""
+    folders = {role.kind for role in roles.ROLES} | {roles.LORA_KIND}
+    models = {folder: comfyui.models(folder) for folder in sorted(folders)}
+    with Emulator(models=models) as emu:
+        for name, data in (("validate_start.png", START_PNG), ("validate_end.png", END_PNG)):
+            files = {"image": (name, data, "image/png")}
+            response = requests.post(
+                f"{emu.url}/upload/image", files=files, data={"overwrite": "true"}, timeout=10
+            )
+            response.raise_for_status()
+        yield emu
+
+
+@pytest.mark.parametrize("change", PARITY_CASES)
+def test_the_emulator_judges_graphs_as_comfyui_does(
+    comfyui: RealComfyUI, emulator: Emulator, uploaded: graph.Images, change: str
+) -> None:
+    prompt = broken(parity_base(uploaded), change)
+    real = verdict(*comfyui.post_prompt(prompt))
+    response = requests.post(
+        f"{emulator.url}/prompt", json={"prompt": prompt, "client_id": "parity"}, timeout=30
+    )
+    emulated = verdict(response.status_code, response.json())
+    if change == "good":
+        assert real["status"] == 200 and not real["node_errors"], real
+    else:
+        assert real["status"] == 400, f"the real ComfyUI accepted the {change} graph: {real}"
+    assert emulated == real, f"{change}: the emulator says {emulated}, the real ComfyUI says {real}"
+
+
+# --------------------------------------------------------------------------------------------- real jobs
+def test_validated_graphs_have_left_the_queue(comfyui: RealComfyUI) -> None:
+    """The graphs above ran only as far as their zero-byte loaders; none may hold up the real jobs."""
+    comfyui.wait_queue_empty(timeout_s=540)
+
+
+def check_video(out: dict[str, Any], *, frames: int, fps: float = 16.0) -> None:
+    info = probe_b64(out["video"])
+    assert (info.frames, info.width, info.height, float(info.fps)) == (frames, 128, 128, fps), info
+    assert info.codec == "h264"
+    assert out["mime_type"] == "video/mp4" and out["length"] == frames
+
+
+def test_i2v_job_makes_an_mp4(local_api: LocalApi) -> None:
+    body = local_api.runsync(job(), timeout=FIRST_JOB_S)
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    check_video(out, frames=9)
+    assert (out["mode"], out["seed"], out["width"], out["height"], out["fps"]) == ("i2v", 7, 128, 128, 16.0)
+
+
+def test_flf2v_job_reuses_the_loaded_models(local_api: LocalApi) -> None:
+    body = local_api.runsync(job(end_image_base64=END, seed=8), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    check_video(out, frames=9)
+    assert out["mode"] == "flf2v"
+    cached = set(out["cached_nodes"])
+    assert {"high_model", "low_model", "text_encoder", "vae"} <= cached, cached
+
+
+def test_a_video_longer_than_one_window(local_api: LocalApi) -> None:
+    body = local_api.runsync(job(length=85, seed=9), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    check_video(body["output"], frames=85)
+
+
+def test_lora_pairs_and_clip_vision_run(comfyui: RealComfyUI, local_api: LocalApi) -> None:
+    since = len(comfyui.log_text())
+    pairs = [
+        {
+            "high": "style_high.safetensors",
+            "low": "style_low.safetensors",
+            "high_weight": 0.7,
+            "low_weight": 0.5,
+        },
+        {"high": "motion_high.safetensors"},
+        {"low": "detail_low.safetensors", "low_weight": 1.5},
+    ]
+    clip_vision = "tiny_clip_vision_vitl.safetensors"
+    body = local_api.runsync(job(lora_pairs=pairs, clip_vision=clip_vision, seed=12), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    check_video(body["output"], frames=9)
+    log = comfyui.log_text()[since:]
+    assert "lora key not loaded" not in log, "ComfyUI ignored part of a tiny LoRA"
+    assert "Requested to load CLIPVisionModelProjection" in log, "the CLIP vision model was not loaded"
+
+
+@pytest.fixture(scope="module")
+def production_worker(
+    comfyui: RealComfyUI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunpodStandin, ProductionWorker]]:
+    """``python -m worker`` as on RunPod, taking its jobs from a stand-in of RunPod's job API."""
+    logs = tmp_path_factory.mktemp("production_worker")
+    with RunpodStandin() as standin:
+        env = production_env(comfyui.worker_env(), standin)
+        worker = ProductionWorker(env, cwd=logs, log_path=logs / "worker.log")
+        try:
+            worker.wait_polling(standin)
+            yield standin, worker
+        finally:
+            worker.stop()
+
+
+def wait_for_sampling(comfyui: RealComfyUI, since: int, total: int, timeout_s: float) -> None:
+    """Until ComfyUI's log shows a sampler step of ``total`` after offset ``since``: the job is sampling."""
+    pattern = re.compile(rf"\|\s*[1-9]\d*/{total} \[")
+    deadline = time.monotonic() + timeout_s
+    while not pattern.search(comfyui.log_text()[since:]):
+        assert time.monotonic() < deadline, f"no sampling step /{total} within {timeout_s:.0f} s"
+        time.sleep(0.1)
+
+
+def test_cancel_interrupts_comfyui_and_the_next_job_runs(
+    comfyui: RealComfyUI, production_worker: tuple[RunpodStandin, ProductionWorker]
+) -> None:
+    standin, worker = production_worker
+    since = len(comfyui.log_text())
+    job_id = standin.submit(job(steps=100, lightning=False, seed=10))
+    standin.wait_taken(job_id, timeout_s=30)
+    wait_for_sampling(comfyui, since, total=50, timeout_s=JOB_S)
+    running, _ = comfyui.queue_ids()
+    assert running, "the job is sampling, so ComfyUI must report it running"
+
+    cancelled_at = time.monotonic()
+    standin.cancel(job_id)
+    emptied_in = comfyui.wait_queue_empty(timeout_s=30)
+    assert time.monotonic() - cancelled_at < 8, f"ComfyUI's queue emptied {emptied_in:.1f} s after the cancel"
+    deadline = time.monotonic() + 10
+    while "Processing interrupted" not in comfyui.log_text()[since:]:
+        assert time.monotonic() < deadline, "ComfyUI's log does not say 'Processing interrupted'"
+        time.sleep(0.1)
+    assert "cancelled; interrupting ComfyUI" in worker.log()
+    time.sleep(1)
+    assert job_id not in standin.results, f"a cancelled job posts no result: {standin.results[job_id]}"
+    assert standin.progress.get(job_id), "the job sent progress updates while it ran"
+
+    next_id = standin.submit(job(seed=11))
+    result = standin.wait_result(next_id, timeout_s=JOB_S)
+    assert "error" not in result, result
+    check_video(result["output"], frames=9)
+
+
+@pytest.mark.timeout(20 * JOB_S)
+def test_twenty_jobs_in_a_row(local_api: LocalApi) -> None:
+    seconds = []
+    for index in range(20):
+        started = time.monotonic()
+        body = local_api.runsync(job(steps=2, seed=100 + index), timeout=JOB_S)
+        seconds.append(round(time.monotonic() - started, 1))
+        assert body["status"] == "COMPLETED", f"job {index + 1} of 20: {body}"
+        check_video(body["output"], frames=9)
+    print(f"twenty jobs: {seconds} s")
