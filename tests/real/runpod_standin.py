@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .comfyui_server import die_with_parent
+
 LONG_POLL_S = 1.0
 WORKER_ID = "real-tier-worker"
 
@@ -160,6 +162,7 @@ class ProductionWorker:
             cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
 
     def wait_polling(self, standin: RunpodStandin, timeout_s: float = 60.0) -> None:
