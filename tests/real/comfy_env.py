@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,8 +202,9 @@ def ensure_env(pins: Pins | None = None) -> ComfyEnv:
 def build_once(final: Path, key: dict[str, object], build: Callable[[Path], None], *, what: str) -> Path:
     """``final``, whose marker holds ``key``; built by ``build(folder)`` under a lock when it is absent or stale.
 
-    The build writes into a temporary folder beside ``final``, renamed into place when it is done; the marker is
-    written last. An old or half-built ``final`` is removed first, and a failed build leaves nothing behind.
+    The build writes into a temporary folder beside ``final``, renamed into place when it is done (replacing an
+    old ``final``); the marker is written last. A failed build leaves nothing behind, and the temporary folders
+    of a killed builder are removed by the next one.
     """
     if _marker_matches(final, key):
         return final
@@ -211,10 +212,13 @@ def build_once(final: Path, key: dict[str, object], build: Callable[[Path], None
         if _marker_matches(final, key):
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a builder that was killed; we hold the lock
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
         started = time.monotonic()
         try:
             build(work)
+            work.chmod(0o755)
             if final.exists():
                 shutil.rmtree(final)
             work.rename(final)
@@ -271,7 +275,3 @@ def without_torch(requirements: str) -> str:
         if name not in TORCH_PACKAGES:
             kept.append(line)
     return "\n".join(kept) + "\n"
-
-
-def env_summary(env: ComfyEnv) -> str:
-    return json.dumps({"root": str(env.root), **asdict(env.pins)})

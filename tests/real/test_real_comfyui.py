@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +34,16 @@ from tests.support.worker_proc import LocalApi
 from worker import graph, roles
 from worker.schema import JobInput, parse_job_input
 
-from .comfy_env import REPO, pins_from_dockerfile, read_pins, tarball_for, tarball_version
+from .comfy_env import (
+    MARKER,
+    REPO,
+    build_once,
+    pins_from_dockerfile,
+    read_pins,
+    tarball_for,
+    tarball_version,
+    without_torch,
+)
 from .comfyui_server import RealComfyUI, describe_refusal
 from .runpod_standin import ProductionWorker, RunpodStandin, production_env
 from .tiny_models import default_names, validation_lora, validation_name
@@ -72,6 +82,38 @@ def test_dockerfile_pins_the_comfyui_and_torch_the_tests_run() -> None:
     assert re.fullmatch(r"[0-9a-f]{40}", found["COMFYUI_COMMIT"]), found["COMFYUI_COMMIT"]
     pins = pins_from_dockerfile()
     assert "v" + tarball_version(tarball_for(pins)) == pins.comfyui_version
+
+
+def test_comfyui_requirements_lose_only_their_torch_lines() -> None:
+    text = (
+        "torch\ntorchsde\ntorchvision>=0.20\ntorchaudio ; sys_platform != 'x'\nnumpy>=1.25.0\n#torch note\n"
+    )
+    assert without_torch(text) == "torchsde\nnumpy>=1.25.0\n#torch note\n"
+
+
+def test_a_cache_entry_is_built_once_and_never_seen_half_built(tmp_path: Path) -> None:
+    calls: list[Path] = []
+
+    def failing(work: Path) -> None:
+        (work / "half").write_text("x")
+        raise RuntimeError("pip failed")
+
+    def good(work: Path) -> None:
+        calls.append(work)
+        (work / "venv").mkdir()
+
+    final = tmp_path / "entry"
+    with pytest.raises(RuntimeError):
+        build_once(final, {"v": 1}, failing, what="a test entry")
+    assert not final.exists() and [p.name for p in tmp_path.iterdir()] == [".entry.lock"]
+    (tmp_path / ".entry.building-killed").mkdir()
+    assert build_once(final, {"v": 1}, good, what="a test entry") == final
+    assert (final / "venv").is_dir() and (final / MARKER).is_file()
+    assert not list(tmp_path.glob(".entry.building-*"))
+    build_once(final, {"v": 1}, good, what="a test entry")
+    assert len(calls) == 1, "a complete entry is reused"
+    build_once(final, {"v": 2}, good, what="a test entry")
+    assert len(calls) == 2, "another key builds again"
 
 
 def test_the_pinned_comfyui_runs_with_the_tiny_models(comfyui: RealComfyUI) -> None:
