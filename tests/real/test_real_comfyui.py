@@ -1,13 +1,13 @@
 """The real ComfyUI (the version the image ships, on CPU, with tiny models) judges the worker.
 
 In this order, which the tests rely on:
-1. the pins: the Dockerfile names the ComfyUI the tests unpack, and that ComfyUI runs;
+1. the setup: the Dockerfile names the ComfyUI the tests unpack, the cache's rules hold, and ComfyUI runs;
 2. validation: every graph shape the binder can produce is accepted by ``POST /prompt``; the graphs name
    zero-byte model files, so that a graph ComfyUI goes on to run fails at once in its first loader;
 3. parity: good and broken graphs get the same verdict and the same errors from the emulator;
-4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), a video
-   longer than one context window, a cancel (through a stand-in of RunPod's job API, the only way a cancel
-   reaches a worker), and twenty jobs in a row.
+4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), LoRA pairs
+   with CLIP vision, a video longer than one context window, a cancel (through a stand-in of RunPod's job
+   API, the only way a cancel reaches a worker), and twenty jobs in a row.
 
 Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
 a minute per 512-token prompt on two CPU cores) and keeps the encoding for the jobs after.
