@@ -6,7 +6,7 @@ In this order, which the tests rely on:
    zero-byte model files, so that a graph ComfyUI goes on to run fails at once in its first loader;
 3. parity: good and broken graphs get the same verdict and the same errors from the emulator;
 4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), LoRA pairs
-   with CLIP vision, a video longer than one context window, a cancel (through a stand-in of RunPod's job
+   with CLIP vision, FILM frame interpolation, a video longer than one context window, a cancel (through a stand-in of RunPod's job
    API, the only way a cancel reaches a worker), and twenty jobs in a row.
 
 Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
@@ -374,7 +374,7 @@ def check_video(out: dict[str, Any], *, frames: int, fps: float = 16.0) -> None:
     info = probe_b64(out["video"])
     assert (info.frames, info.width, info.height, float(info.fps)) == (frames, 128, 128, fps), info
     assert info.codec == "h264"
-    assert out["mime_type"] == "video/mp4" and out["length"] == frames
+    assert out["mime_type"] == "video/mp4" and out.get("output_length", out["length"]) == frames
 
 
 def test_i2v_job_makes_an_mp4(local_api: LocalApi) -> None:
@@ -420,6 +420,16 @@ def test_lora_pairs_and_clip_vision_run(comfyui: RealComfyUI, local_api: LocalAp
     log = comfyui.log_text()[since:]
     assert "lora key not loaded" not in log, "ComfyUI ignored part of a tiny LoRA"
     assert "Requested to load CLIPVisionModelProjection" in log, "the CLIP vision model was not loaded"
+
+
+def test_frame_interpolation_doubles_the_frames_and_the_fps(local_api: LocalApi) -> None:
+    body = local_api.runsync(
+        job(interpolate=2, interpolation_model="tiny_film.safetensors", seed=13), timeout=JOB_S
+    )
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    check_video(out, frames=17, fps=32.0)
+    assert (out["length"], out["fps"], out["output_length"], out["output_fps"]) == (9, 16.0, 17, 32.0)
 
 
 @pytest.fixture(scope="module")
