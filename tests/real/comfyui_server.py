@@ -39,6 +39,10 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+CACHE_MODE = "--cache-classic"
+"""The cache mode start.sh gives ComfyUI in the image (a test keeps the two equal)."""
+
+
 class RealComfyUI:
     """A running ComfyUI: its URL, folders and log, and the few HTTP calls the tests make directly."""
 
@@ -70,6 +74,7 @@ class RealComfyUI:
             "--extra-model-paths-config",
             str(REPO / "extra_model_paths.yaml"),
             "--disable-auto-launch",
+            CACHE_MODE,
             "--input-directory",
             str(self.input_dir),
             "--output-directory",

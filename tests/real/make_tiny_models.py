@@ -25,16 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FOLDERS = {
-    "diffusion_models": "models",
-    "loras": "loras",
-    "text_encoders": "text_encoders",
-    "vae": "vae",
-    "clip_vision": "clip_vision",
-    "frame_interpolation": "frame_interpolation",
-}
-"""ComfyUI folder kind -> the worker's volume folder (see extra_model_paths.yaml)."""
-
 EXPERT_CONFIG = {
     "model_type": "t2v",
     "in_dim": 36,
@@ -257,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI's source folder")
     parser.add_argument("--manifest", type=Path, required=True, help="src/worker/models/manifest.json")
     parser.add_argument("--volume", type=Path, required=True, help="the folder to fill")
+    parser.add_argument(
+        "--folders", type=json.loads, required=True, help="JSON: ComfyUI folder kind -> the volume's folder"
+    )
     args = parser.parse_args(argv)
 
     source = args.comfyui.resolve()
@@ -270,14 +263,15 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     names = {f["role"]: f["name"] for f in json.loads(args.manifest.read_text())["files"] if f.get("role")}
-    folder = {kind: args.volume / sub for kind, sub in FOLDERS.items()}
+    folders: dict[str, str] = args.folders
+    folder = {kind: args.volume / sub for kind, sub in folders.items()}
     for path in folder.values():
         path.mkdir(parents=True, exist_ok=True)
 
     written: dict[str, int] = {}
 
     def record(kind: str, name: str, size: int) -> None:
-        written[f"{FOLDERS[kind]}/{name}"] = size
+        written[f"{folders[kind]}/{name}"] = size
 
     record(
         "diffusion_models",

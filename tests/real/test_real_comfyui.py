@@ -44,7 +44,7 @@ from .comfy_env import (
     tarball_version,
     without_torch,
 )
-from .comfyui_server import RealComfyUI, describe_refusal
+from .comfyui_server import CACHE_MODE, RealComfyUI, describe_refusal
 from .runpod_standin import ProductionWorker, RunpodStandin, production_env
 from .tiny_models import default_names, validation_lora, validation_name
 
@@ -82,6 +82,11 @@ def test_dockerfile_pins_the_comfyui_and_torch_the_tests_run() -> None:
     assert re.fullmatch(r"[0-9a-f]{40}", found["COMFYUI_COMMIT"]), found["COMFYUI_COMMIT"]
     pins = pins_from_dockerfile()
     assert "v" + tarball_version(tarball_for(pins)) == pins.comfyui_version
+
+
+def test_comfyui_runs_in_the_cache_mode_the_image_uses() -> None:
+    start_sh = (REPO / "start.sh").read_text(encoding="utf-8")
+    assert f"cache_args=({CACHE_MODE})" in start_sh
 
 
 def test_comfyui_requirements_lose_only_their_torch_lines() -> None:
@@ -430,6 +435,29 @@ def test_frame_interpolation_doubles_the_frames_and_the_fps(local_api: LocalApi)
     out = body["output"]
     check_video(out, frames=17, fps=32.0)
     assert (out["length"], out["fps"], out["output_length"], out["output_fps"]) == (9, 16.0, 17, 32.0)
+
+
+def test_a_landscape_image_without_a_size_gives_a_landscape_video(local_api: LocalApi) -> None:
+    landscape = data_uri(image_bytes("PNG", (640, 360), (40, 160, 90)))
+    fields = {"image_base64": landscape, "resolution": "480p", "length": 5, "seed": 14}
+    request = {k: v for k, v in job(**fields).items() if k not in ("width", "height")}
+    body = local_api.runsync(request, timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    info = probe_b64(out["video"])
+    assert (info.width, info.height, info.frames) == (848, 480, 5), info
+    assert (out["width"], out["height"]) == (848, 480)
+    assert {a["field"] for a in out["adjustments"]} == {"width", "height"}
+
+
+def test_a_lower_crf_gives_a_larger_file_of_the_same_frames(local_api: LocalApi) -> None:
+    sizes = {}
+    for crf in (8, 40):
+        body = local_api.runsync(job(crf=crf, seed=15), timeout=JOB_S)
+        assert body["status"] == "COMPLETED", body
+        check_video(body["output"], frames=9)
+        sizes[crf] = body["output"]["size_bytes"]
+    assert sizes[8] > sizes[40], sizes
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from worker import roles
-from worker.models import FOLDER_KINDS
+from worker.models import FOLDER_KINDS, default_names
 from worker.schema import MAX_LORA_PAIRS
 
 from .comfy_env import REPO, ComfyEnv, SetupError, build_once, cache_dir
@@ -21,16 +21,15 @@ MAKER = Path(__file__).with_name("make_tiny_models.py")
 MANIFEST = REPO / "src" / "worker" / "models" / "manifest.json"
 
 
-def default_names() -> dict[str, str]:
-    """role -> file name of the manifest's files that have a role (the others are on-demand alternatives)."""
-    files = json.loads(MANIFEST.read_text(encoding="utf-8"))["files"]
-    return {f["role"]: f["name"] for f in files if f.get("role")}
-
-
 def ensure_volume(env: ComfyEnv) -> Path:
     maker = hashlib.sha256(MAKER.read_bytes()).hexdigest()
     names = default_names()
-    key: dict[str, object] = {"tarball_sha256": env.tarball_sha256, "maker_sha256": maker, "defaults": names}
+    key: dict[str, object] = {
+        "tarball_sha256": env.tarball_sha256,
+        "maker_sha256": maker,
+        "defaults": names,
+        "folders": FOLDER_KINDS,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     final = cache_dir() / f"volume-{env.pins.comfyui_version}-{digest}"
 
@@ -49,6 +48,8 @@ def ensure_volume(env: ComfyEnv) -> Path:
                     str(manifest),
                     "--volume",
                     str(work),
+                    "--folders",
+                    json.dumps(FOLDER_KINDS),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
