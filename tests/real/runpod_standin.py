@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.support.worker_proc import WorkerProcess
 
 from .comfyui_server import die_with_parent
 
@@ -150,20 +150,13 @@ class RunpodStandin:
         return Handler
 
 
-class ProductionWorker:
+class ProductionWorker(WorkerProcess):
     """``python -m worker`` as RunPod starts it (no local API): it takes jobs from the stand-in."""
 
+    stop_timeout_s = 15.0
+
     def __init__(self, env: Mapping[str, str], *, cwd: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker"],
-            env=dict(env),
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
+        super().__init__([], env, cwd=cwd, log_path=log_path, preexec_fn=die_with_parent)
 
     def wait_polling(self, standin: RunpodStandin, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -175,20 +168,6 @@ class ProductionWorker:
                     f"the worker did not ask for a job within {timeout_s:.0f} s:\n{self.log()}"
                 )
             time.sleep(0.1)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
 
 
 def production_env(base: Mapping[str, str], standin: RunpodStandin) -> dict[str, str]:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +38,53 @@ def worker_env(comfy_url: str, volume: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-class LocalApi:
+class WorkerProcess:
+    """``python -m worker`` with ``args``, its output in ``log_path``; ``preexec_fn`` runs in the child."""
+
+    stop_timeout_s = 10.0
+
+    def __init__(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        *,
+        cwd: Path,
+        log_path: Path,
+        preexec_fn: Callable[[], Any] | None = None,
+    ) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", *args],
+            env=dict(env),
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
+        )
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+class LocalApi(WorkerProcess):
     """The runpod SDK's local API server running our worker."""
 
     def __init__(self, env: Mapping[str, str], *, cwd: Path, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--rp_serve_api", "--rp_api_port", str(self.port)],
-            env=dict(env),
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(["--rp_serve_api", "--rp_api_port", str(self.port)], env, cwd=cwd, log_path=log_path)
         self._wait_ready()
 
     def _wait_ready(self, timeout_s: float = 30.0) -> None:
@@ -66,10 +98,6 @@ class LocalApi:
             except requests.RequestException:
                 time.sleep(0.05)
         raise RuntimeError(f"the worker's local API did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
     def runsync(self, job_input: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         response = requests.post(f"{self.url}/runsync", json={"input": job_input}, timeout=timeout)
@@ -86,13 +114,3 @@ class LocalApi:
         status.raise_for_status()
         body: dict[str, Any] = status.json()
         return body
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
