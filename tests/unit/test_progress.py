@@ -233,7 +233,7 @@ def test_a_model_download_reports_its_bytes_to_the_client(emulator: Emulator, se
         assert update["stage"] == "models" and update["field"] == "lora_pairs[0].high_url"
         assert update["total"] == SIZE and update["percent"] == round(100 * update["bytes"] / SIZE, 1)
     assert [u["bytes"] for u in downloads] == sorted(u["bytes"] for u in downloads)
-    assert downloads[-1]["bytes"] > 0
+    assert downloads[-1]["bytes"] == SIZE and downloads[-1]["percent"] == 100.0  # the end is reported too
     # the handler's reporter: a new stage 0.1 s after the last update, more of one stage at most two a second
     assert min(sent.gaps()) >= 0.09
     with sent.lock:

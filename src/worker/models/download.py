@@ -682,6 +682,8 @@ def _monitor(t: _Transfer, threads: list[threading.Thread], progress: Progress |
         if t.plan is not None and time.monotonic() - last_checkpoint >= t.tuning.checkpoint_s:
             t.checkpoint()
             last_checkpoint = time.monotonic()
+    if progress is not None:
+        progress(t.on_disk(), t.total)  # the last count, so that a complete download says so
 
 
 def _threads(

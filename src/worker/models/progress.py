@@ -57,7 +57,8 @@ class ProgressLog:
         if self.first_done is None:
             self.first_done = done
             self._last_log = (now, done)
-        if self.callback is not None and now - self._last_callback >= self.callback_interval_s:
+        complete = total is not None and done >= total
+        if self.callback is not None and (complete or now - self._last_callback >= self.callback_interval_s):
             self._last_callback = now
             try:
                 self.callback(done, total)
