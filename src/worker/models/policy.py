@@ -19,7 +19,7 @@ import requests
 
 from .. import modelnames
 from ..config import Settings
-from ..errors import InvalidInput, UrlNotAllowed
+from ..errors import UrlNotAllowed
 from ..netsafe import Resolver, check_url, open_checked, redact_url, system_resolver
 from .download import Opener
 
@@ -37,13 +37,12 @@ def max_bytes(settings: Settings) -> int:
 # -- file names --------------------------------------------------------------------------------------------
 
 
-def check_name(
-    name: str, *, field: str, settings: Settings, error: type[InvalidInput] = UrlNotAllowed
-) -> str:
-    """Return ``name`` if it passes :mod:`worker.modelnames`' rule, else raise ``error`` saying what is wrong."""
+def check_name(name: str, *, field: str, settings: Settings) -> str:
+    """Return ``name`` if it passes :mod:`worker.modelnames`' rule, else :class:`UrlNotAllowed` saying what is
+    wrong (a named file without a URL is checked by the job contract, with the same rule)."""
     problem = modelnames.name_problem(name, allow_pickle=settings.allow_pickle_models)
     if problem is not None:
-        raise error(
+        raise UrlNotAllowed(
             f"{field}: the file name {name[: modelnames.MAX_NAME_BYTES]!r} {problem}; model file names are "
             + modelnames.RULE,
             details=[{"field": field, "name": name[: modelnames.MAX_NAME_BYTES]}],
