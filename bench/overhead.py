@@ -52,7 +52,7 @@ def in_process_child(url: str, runs: int) -> None:
     """Runs in a fresh interpreter: jobs through the handler and their peak RSS growth after a warm-up job,
     then as many plain base64 passes of the same size."""
     from worker.config import Settings
-    from worker.handler import handle
+    from worker.handler import handle_job
     from worker.memory import retain_freed_memory
 
     host, port = url.split("//")[1].rsplit(":", 1)
@@ -66,7 +66,7 @@ def in_process_child(url: str, runs: int) -> None:
         }
     )
     retain_freed_memory(settings.retain_freed_memory_mb << 20)  # as python -m worker does at start
-    asyncio.run(handle({"id": "warm", "input": JOB}, settings))
+    asyncio.run(handle_job({"id": "warm", "input": JOB}, settings))
     # The peak is measured from what is live after a warm-up job (imports, pools, caches), not from what
     # the worker keeps for reuse: hand that back first, then reset the peak (VmHWM) to the current RSS.
     ctypes.CDLL(None).malloc_trim(0)
@@ -75,7 +75,7 @@ def in_process_child(url: str, runs: int) -> None:
     overheads, size = [], 0
     for i in range(runs):
         started = time.perf_counter()
-        result = asyncio.run(handle({"id": f"b{i}", "input": JOB}, settings))
+        result = asyncio.run(handle_job({"id": f"b{i}", "input": JOB}, settings))
         wall = time.perf_counter() - started
         assert "error" not in result, result
         size = result["size_bytes"]

@@ -66,7 +66,6 @@ class OutputFile:
     filename: str
     subfolder: str
     type: str
-    animated: bool = False
 
 
 @dataclass
@@ -153,11 +152,9 @@ class ComfyClient:
         folder = str(body.get("subfolder") or "")
         return f"{folder}/{stored}" if folder else stored
 
-    def queue_prompt(self, graph: dict[str, Any], *, client_id: str, prompt_id: str | None = None) -> str:
+    def queue_prompt(self, graph: dict[str, Any], *, client_id: str) -> str:
         """Queue a graph; a refused graph raises :class:`ComfyValidationError` with ComfyUI's node errors."""
         payload: dict[str, Any] = {"prompt": graph, "client_id": client_id}
-        if prompt_id:
-            payload["prompt_id"] = prompt_id
         response = self._request("POST", "/prompt", json=payload)
         if response.status_code == 400:
             raise validation_error(_json_or_empty(response))
@@ -216,6 +213,15 @@ class ComfyClient:
         """Stop the running prompt (only ``prompt_id`` where ComfyUI supports targeting it)."""
         body = {"prompt_id": prompt_id} if prompt_id else {}
         self._request("POST", "/interrupt", json=body, timeout=min(self.timeout_s, 5.0))
+
+    def active_prompts(self) -> set[str]:
+        """The ids of the prompts ComfyUI is running or has queued (``GET /queue``)."""
+        response = self._request("GET", "/queue")
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to GET /queue")
+        body = _json_or_empty(response)
+        items = [*(body.get("queue_running") or []), *(body.get("queue_pending") or [])]
+        return {str(item[1]) for item in items if isinstance(item, list) and len(item) > 1}
 
     def delete_from_queue(self, prompt_id: str) -> None:
         self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=min(self.timeout_s, 5.0))
@@ -524,7 +530,6 @@ def parse_outputs(outputs: dict[str, Any]) -> list[OutputFile]:
     for node_id, node_out in outputs.items():
         if not isinstance(node_out, dict):
             continue
-        animated = bool(any(node_out.get("animated") or []))
         for key in ("images", "videos", "gifs"):
             for item in node_out.get(key) or []:
                 if isinstance(item, dict) and item.get("filename"):
@@ -534,7 +539,6 @@ def parse_outputs(outputs: dict[str, Any]) -> list[OutputFile]:
                             filename=str(item["filename"]),
                             subfolder=str(item.get("subfolder") or ""),
                             type=str(item.get("type") or "output"),
-                            animated=animated or key != "images",
                         )
                     )
     return files

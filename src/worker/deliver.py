@@ -93,10 +93,10 @@ def make_store(settings: Settings, target: BucketTarget) -> ObjectStore:
     return client
 
 
-def object_key(job_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)[:100] or "job"
+def object_key(name: str) -> str:
+    """``wan-worker/<day>/<name>.mp4``; ``name`` is the job's id made safe for names."""
     day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    return f"wan-worker/{day}/{safe}.mp4"
+    return f"wan-worker/{day}/{name}.mp4"
 
 
 class InlineEncoder:
@@ -179,11 +179,12 @@ class JobResult(dict[str, Any]):
 
 
 def upload(
-    video: bytes | bytearray, *, job_id: str, settings: Settings, store: ObjectStore | None = None
+    video: bytes | bytearray, *, name: str, settings: Settings, store: ObjectStore | None = None
 ) -> dict[str, Any]:
-    """Upload to the bucket; returns a presigned GET URL valid for ``BUCKET_URL_EXPIRY_S``."""
+    """Upload to the bucket as :func:`object_key` of ``name``; returns a presigned GET URL valid for
+    ``BUCKET_URL_EXPIRY_S``."""
     target = bucket_target(settings)
-    key = object_key(job_id)
+    key = object_key(name)
     try:
         client = store or make_store(settings, target)
         client.put_object(Bucket=target.bucket, Key=key, Body=video, ContentType=MIME_TYPE)
@@ -199,5 +200,5 @@ def upload(
             f"the upload to bucket {target.bucket!r} failed ({exc.__class__.__name__}); check the bucket "
             "settings and credentials"
         ) from exc
-    log.info("job %s: video uploaded to bucket %s as %s", job_id, target.bucket, key)
+    log.info("job %s: video uploaded to bucket %s as %s", name, target.bucket, key)
     return {"video_url": url, "bucket_key": key}

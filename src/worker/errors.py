@@ -114,26 +114,3 @@ class InternalError(WorkerError, RuntimeError):
     """A fault of the worker itself; the message never carries a traceback."""
 
     code = "internal_error"
-
-
-ERROR_CODES: dict[str, str] = {
-    cls.code: (cls.__doc__ or "").strip().splitlines()[0]
-    for cls in (
-        InvalidInput,
-        UrlNotAllowed,
-        InvalidImage,
-        ImageFetchFailed,
-        ModelMissing,
-        ModelDownloadFailed,
-        ComfyUnavailable,
-        ComfyValidationError,
-        ComfyExecutionError,
-        JobTimeout,
-        JobCancelled,
-        NoOutput,
-        OutputTooLarge,
-        UploadFailed,
-        InternalError,
-    )
-}
-"""The documented, stable list of error codes and what each means."""

@@ -1,8 +1,14 @@
 """The job's story: validate -> inputs -> models -> graph -> run -> deliver.
 
-An async handler, so that RunPod's cancel (task cancellation) reaches it; blocking work runs in threads. Every
-failure becomes ``{"error": "<code>: <what and how to fix>", "error_code", "details"}``; nothing raised ever
-reaches the SDK, except the cancellation itself, re-raised after ComfyUI was interrupted.
+Three layers, each with one job:
+
+- :func:`handler` is RunPod's entry point: it reads the settings from the environment once and hands over.
+- :func:`handle_job` runs one job with given settings and turns every outcome into a result: the video's
+  fields, or ``{"error": "<code>: <what and how to fix>", "error_code", "details"}``. Nothing raised ever reaches
+  the SDK, except the cancellation itself, re-raised after ComfyUI was interrupted. It always cleans up.
+- :func:`make_video` is the story itself, one stage after another.
+
+An async handler, so that RunPod's cancel (task cancellation) reaches it; blocking work runs in threads.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -48,6 +56,17 @@ def comfy_client(base_url: str, timeout_s: float) -> ComfyClient:
     return ComfyClient(base_url, timeout_s=timeout_s)
 
 
+@lru_cache(maxsize=4)
+def forgetter(client: ComfyClient) -> cleanup.Forgetter:
+    """One record per ComfyUI of the prompts whose history entries are still to be deleted."""
+    return cleanup.Forgetter(client)
+
+
+def safe_id(job_id: str) -> str:
+    """The job id as it may appear in file and object names: safe characters only, at most 48."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:48] or "job"
+
+
 @dataclass
 class JobRun:
     """The state of one job, kept so that cancellation and cleanup know what to undo."""
@@ -65,21 +84,32 @@ class JobRun:
     prompt_id: str | None = None
     watch: Watch | None = None
     finished: bool = False
+    cancelled: bool = False
 
     @property
     def deadline(self) -> float:
         return self.started + self.settings.job_timeout_s
 
-    def timed(self, stage: str, started: float) -> None:
-        self.timings[stage] = round(time.monotonic() - started, 3)
+    @property
+    def safe_id(self) -> str:
+        return safe_id(self.job_id)
+
+    @contextmanager
+    def stage(self, name: str | None, timing: str, **progress: Any) -> Iterator[None]:
+        """One stage of the job: announced to RunPod as ``name`` (None: no announcement), timed as ``timing``."""
+        if name is not None:
+            self.progress.stage(name, **progress)
+        started = time.monotonic()
+        yield
+        self.timings[timing] = round(time.monotonic() - started, 3)
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """RunPod's entry point for one job."""
-    return await handle(job, current_settings())
+    return await handle_job(job, current_settings())
 
 
-async def handle(
+async def handle_job(
     job: dict[str, Any], settings: Settings, *, sender: Sender = runpod_sender
 ) -> dict[str, Any]:
     """One job with the given settings: a result dict, or the error shape; never raises but on cancel.
@@ -87,17 +117,19 @@ async def handle(
     ``sender`` delivers progress updates (RunPod's ``progress_update``; tests pass their own).
     """
     job_id = str(job.get("id") or "local")
+    client = comfy_client(settings.comfy_url, settings.http_timeout_s)
     run = JobRun(
         job=job,
         settings=settings,
         job_id=job_id,
-        client=comfy_client(settings.comfy_url, settings.http_timeout_s),
+        client=client,
         progress=ProgressReporter(job, enabled=settings.progress_updates, sender=sender),
     )
     try:
-        return await run_job(run)
+        return await make_video(run)
     except asyncio.CancelledError:
         log.warning("job %s: cancelled; interrupting ComfyUI", job_id)
+        run.cancelled = True
         stop_comfy(run)
         raise
     except WorkerError as err:
@@ -119,16 +151,14 @@ async def handle(
         await asyncio.shield(asyncio.to_thread(clean_up, run))
 
 
-async def run_job(run: JobRun) -> dict[str, Any]:
+async def make_video(run: JobRun) -> dict[str, Any]:
     job = validate(run)
     jobmodels.check_urls(job, run.settings)
     output_mode = deliver.resolve_output_mode(job.output, run.settings)
 
-    run.progress.stage("inputs")
-    started = time.monotonic()
-    start_image, end_image = await load_images(run, job)
-    framing.frame(job, start_image.width, start_image.height)
-    run.timed("inputs", started)
+    with run.stage("inputs", "inputs"):
+        start_image, end_image = await load_images(run, job)
+        framing.frame(job, start_image.width, start_image.height)
     log.info(
         "job %s: %s %dx%d, %d frames, %d steps, lightning %s, %d LoRA pairs",
         run.job_id,
@@ -141,66 +171,43 @@ async def run_job(run: JobRun) -> dict[str, Any]:
         len(job.lora_pairs),
     )
 
-    run.progress.stage("models")
-    started = time.monotonic()
-    files = await asyncio.to_thread(
-        jobmodels.resolve,
-        job,
-        run.settings,
-        job_id=run.job_id,
-        on_progress=run.progress.download,
-        cancel=run.cancel,
-    )
-    run.timed("models", started)
+    with run.stage("models", "models"):
+        files = await asyncio.to_thread(
+            jobmodels.resolve,
+            job,
+            run.settings,
+            job_id=run.job_id,
+            on_progress=run.progress.download,
+            cancel=run.cancel,
+        )
 
-    run.progress.stage("comfyui")
-    started = time.monotonic()
-    await asyncio.to_thread(run.client.wait_ready, run.settings.comfy_start_timeout_s, cancel=run.cancel)
-    run.timed("comfyui_ready", started)
-    started = time.monotonic()
-    await asyncio.to_thread(jobmodels.check_available, run.client.list_models, files, job)
-    images = await upload_images(run, start_image, end_image)
-    run.timed("upload", started)
+    with run.stage("comfyui", "comfyui_ready"):
+        await asyncio.to_thread(run.client.wait_ready, run.settings.comfy_start_timeout_s, cancel=run.cancel)
+    with run.stage(None, "upload"):
+        await asyncio.to_thread(jobmodels.check_available, run.client.list_models, files, job)
+        images = await upload_images(run, start_image, end_image)
 
     bound = graph.bind(
         graph.load_template(run.settings.workflows_dir, job.mode),
         job,
         files,
         images,
-        filename_prefix=f"video/wan_{safe_id(run.job_id)}_{uuid.uuid4().hex[:8]}",
+        filename_prefix=f"video/wan_{run.safe_id}_{uuid.uuid4().hex[:8]}",
     )
 
-    run.progress.stage("sampling", step=0, steps=job.steps)
-    started = time.monotonic()
-    outcome = await asyncio.to_thread(execute, run, bound, job)
-    run.timed("sampling", started)
+    with run.stage("sampling", "sampling", step=0, steps=job.steps):
+        outcome = await asyncio.to_thread(execute, run, bound, job)
 
-    run.progress.stage("delivering")
-    started = time.monotonic()
-    delivered, size = await asyncio.to_thread(deliver_video, run, find_video(outcome), output_mode)
-    run.timed("deliver", started)
-    run.timed("total", run.started)
+    with run.stage("delivering", "deliver"):
+        delivered, size = await asyncio.to_thread(deliver_video, run, find_video(outcome), output_mode)
+    run.timings["total"] = round(time.monotonic() - run.started, 3)
     run.finished = True
     log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], size)
     return deliver.JobResult(
         {
             **delivered,
             "mime_type": deliver.MIME_TYPE,
-            "mode": job.mode,
-            "seed": job.seed,
-            "width": job.width,
-            "height": job.height,
-            "length": job.length,
-            "fps": job.fps,
-            "interpolate": job.interpolate,
-            "output_length": job.output_length,
-            "output_fps": job.output_fps,
-            "steps": job.steps,
-            "high_noise_steps": job.high_noise_steps,
-            "cfg": job.cfg,
-            "crf": job.crf,
-            "lightning": job.lightning,
-            "adjustments": [a.model_dump() for a in job.adjustments],
+            **job.report(),
             "size_bytes": size,
             "cached_nodes": outcome.cached_nodes,
             "timings": run.timings,
@@ -250,7 +257,7 @@ async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData, medi
 
 async def upload_images(run: JobRun, start: media.ImageData, end: media.ImageData | None) -> graph.Images:
     async def put(role: str, image: media.ImageData) -> str:
-        name = media.upload_name(run.job_id, role, image)
+        name = f"wan_{run.safe_id}_{role}_{uuid.uuid4().hex[:8]}.{image.extension}"
         stored = await asyncio.to_thread(
             run.client.upload_image, image.data, name, mime=f"image/{image.format}"
         )
@@ -313,7 +320,7 @@ def deliver_video(run: JobRun, video: OutputFile, mode: str) -> tuple[dict[str, 
         data = run.client.fetch_output(video)
         if not data:
             raise empty
-        return deliver.upload(data, job_id=run.job_id, settings=run.settings), len(data)
+        return deliver.upload(data, name=run.safe_id, settings=run.settings), len(data)
     encoder = deliver.InlineEncoder(run.settings)
     if not run.client.read_output(video, encoder):
         raise empty
@@ -335,9 +342,14 @@ def stop_comfy(run: JobRun) -> None:
 
 
 def clean_up(run: JobRun) -> None:
+    """Nothing of the job stays in ComfyUI: its prompt leaves the queue and the history, its files go.
+
+    A cancelled prompt gets its history entry only once ComfyUI has stopped running it, which may be after this
+    runs: the forgetter waits a little for it, and keeps it to delete at the end of a later job otherwise."""
     try:
-        if run.prompt_id is not None:
-            cleanup.forget_prompt(run.client, run.prompt_id, run.job_id)
+        forgetter(run.client).forget(
+            run.prompt_id, job_id=run.job_id, wait_s=cleanup.CANCEL_WAIT_S if run.cancelled else 0.0
+        )
         cleanup.remove_job_files(
             job_id=run.job_id,
             uploads=run.uploads,
@@ -347,7 +359,3 @@ def clean_up(run: JobRun) -> None:
         )
     except Exception:
         log.exception("job %s: cleanup failed", run.job_id)
-
-
-def safe_id(job_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:48] or "job"

@@ -3,30 +3,33 @@
 Every check happens before the bytes go anywhere: URLs are fetched through :mod:`worker.netsafe` (public
 addresses only, every redirect checked) with a size cap and an overall deadline; base64 is measured before it
 is decoded; paths must resolve inside the volume. The bytes must be a still PNG, JPEG or WebP, recognised by
-content, whose header-declared dimensions stay within the pixel cap (so a decompression bomb never reaches
-ComfyUI's decoder).
+content (Pillow reads the header), whose declared dimensions stay within the pixel cap (so a decompression bomb
+is never decoded), and which decodes whole.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
+import io
 import re
-import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import requests
 import urllib3
+from PIL import Image, UnidentifiedImageError
 
 from . import netsafe
 from .errors import ImageFetchFailed, InvalidImage, InvalidInput, UrlNotAllowed
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 _EXTENSIONS: dict[ImageFormat, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_FORMATS: dict[str, ImageFormat] = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+"""Pillow's format names of the images a job may send."""
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I
 )
@@ -199,120 +202,43 @@ def fetch_url(
 
 # --------------------------------------------------------------------------------------------- content
 
-
-def sniff(data: bytes) -> str:
-    """The format named by the magic bytes: png, jpeg, webp, gif, or unknown."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    return "unknown"
-
-
-def _png_info(data: bytes) -> tuple[int, int, bool, bool]:
-    """(width, height, animated, complete) from the chunk list, without decoding pixels."""
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        raise ValueError("no IHDR")
-    width, height = struct.unpack(">II", data[16:24])
-    pos, animated, complete = 8, False, False
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        if kind == b"acTL":
-            animated = True
-        end = pos + 12 + length
-        if end > len(data):
-            break
-        if kind == b"IEND":
-            complete = True
-            break
-        pos = end
-    return width, height, animated, complete
-
-
-def _jpeg_info(data: bytes) -> tuple[int, int, bool, bool]:
-    pos = 2
-    size: tuple[int, int] | None = None
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            pos += 1
-            continue
-        marker = data[pos + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            if pos + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            size = (width, height)
-            break
-        pos += 2 + length
-    if size is None:
-        raise ValueError("no frame header")
-    complete = b"\xff\xd9" in data[-4096:]
-    return size[0], size[1], False, complete
-
-
-def _webp_info(data: bytes) -> tuple[int, int, bool, bool]:
-    (riff_size,) = struct.unpack("<I", data[4:8])
-    complete = len(data) >= riff_size + 8
-    kind = data[12:16]
-    if kind == b"VP8X":
-        flags = data[20]
-        width = 1 + int.from_bytes(data[24:27], "little")
-        height = 1 + int.from_bytes(data[27:30], "little")
-        return width, height, bool(flags & 0x02), complete
-    if kind == b"VP8 ":
-        if data[23:26] != b"\x9d\x01\x2a":
-            raise ValueError("bad VP8 frame")
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF, False, complete
-    if kind == b"VP8L":
-        if data[20] != 0x2F:
-            raise ValueError("bad VP8L signature")
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, False, complete
-    raise ValueError("unknown WebP chunk")
-
-
-_READERS = {"png": _png_info, "jpeg": _jpeg_info, "webp": _webp_info}
+Image.MAX_IMAGE_PIXELS = None  # the worker's own cap, MAX_INPUT_IMAGE_PIXELS, is checked before decoding
 
 
 def check_image(data: bytes, *, field: str, max_pixels: int) -> ImageData:
-    """Accept a still PNG, JPEG or WebP, complete, with at most ``max_pixels`` declared pixels."""
-    kind = sniff(data)
-    if kind == "gif":
-        raise InvalidImage(
-            f"{field} is a GIF; send a PNG, JPEG or WebP still image", details=[{"field": field}]
-        )
-    if kind not in _READERS:
-        raise InvalidImage(
-            f"{field} is not a PNG, JPEG or WebP image (recognised by content, not by name)",
-            details=[{"field": field}],
+    """Accept a still PNG, JPEG or WebP (recognised by content), whole, with at most ``max_pixels`` pixels.
+
+    Pillow reads the header first: the format, the size and whether it is animated are known before any pixel
+    is decoded, so a decompression bomb is refused at its header. Then the image is decoded once, which is what
+    finds a truncated or damaged file."""
+    problem = _image_problem(field)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise problem("is not a PNG, JPEG or WebP image (recognised by content, not by name)") from None
+    except (OSError, ValueError, SyntaxError, EOFError):
+        raise problem("is a damaged or truncated image") from None
+    kind = _FORMATS.get(image.format or "")
+    if kind is None:
+        raise problem(f"is a {image.format} image; send a PNG, JPEG or WebP still image")
+    if getattr(image, "is_animated", False):
+        raise problem("is animated; send a still image")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise problem(
+            f"is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted (MAX_INPUT_IMAGE_PIXELS)"
         )
     try:
-        width, height, animated, complete = _READERS[kind](data)
-    except (ValueError, struct.error, IndexError):
-        raise InvalidImage(f"{field} is a damaged {kind.upper()} image", details=[{"field": field}]) from None
-    if not complete:
-        raise InvalidImage(f"{field} is a truncated {kind.upper()} image", details=[{"field": field}])
-    if animated:
-        raise InvalidImage(f"{field} is animated; send a still image", details=[{"field": field}])
-    if width < 1 or height < 1:
-        raise InvalidImage(f"{field} declares an empty image ({width}x{height})", details=[{"field": field}])
-    if width * height > max_pixels:
-        raise InvalidImage(
-            f"{field} is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted "
-            "(MAX_INPUT_IMAGE_PIXELS)",
-            details=[{"field": field}],
-        )
-    fmt: ImageFormat = kind  # type: ignore[assignment]
-    return ImageData(data=data, format=fmt, width=width, height=height)
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError):
+        raise problem(f"is a damaged or truncated {image.format} image") from None
+    finally:
+        image.close()
+    return ImageData(data=data, format=kind, width=width, height=height)
+
+
+def _image_problem(field: str) -> Callable[[str], InvalidImage]:
+    return lambda message: InvalidImage(f"{field} {message}", details=[{"field": field}])
 
 
 def load_image(
@@ -338,9 +264,3 @@ def load_image(
     else:
         return None
     return check_image(data, field=field, max_pixels=limits.max_pixels)
-
-
-def upload_name(job_id: str, role: str, image: ImageData) -> str:
-    """A name unique to the job for ComfyUI's input folder: safe characters only."""
-    safe_job = re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:64] or "job"
-    return f"wan_{safe_job}_{role}_{os.urandom(4).hex()}.{image.extension}"

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from . import modelnames, roles
 
@@ -68,6 +69,12 @@ def round_to_multiple(value: int, multiple: int) -> int:
 def round_to_4n1(value: int) -> int:
     """Nearest value of the form 4n+1 (halves round up), the frame counts Wan's VAE can encode."""
     return 4 * math.floor((value - 1) / 4 + 0.5) + 1
+
+
+def field_problem(field: str, message: str) -> PydanticCustomError:
+    """A rule broken by the input as a whole, reported against ``field``: the field travels as data in the
+    error's context, so that :func:`describe_errors` need not parse it back out of the message."""
+    return PydanticCustomError("field_problem", "{message}", {"field": field, "message": message})
 
 
 def check_model_name(value: str | None, info: ValidationInfo) -> str | None:
@@ -323,9 +330,9 @@ class JobInput(_ModelOverrides):
     @classmethod
     def _must_be_object(cls, data: Any) -> Any:
         if not isinstance(data, dict):
-            raise ValueError("input: the job input must be a JSON object")
+            raise field_problem("input", "the job input must be a JSON object")
         if "adjustments" in data:
-            raise ValueError("adjustments: reported by the worker, not accepted as input")
+            raise field_problem("adjustments", "reported by the worker, not accepted as input")
         return {k: v for k, v in data.items() if not (k in _RESOLVED and v is None)}
 
     @model_validator(mode="after")
@@ -340,8 +347,8 @@ class JobInput(_ModelOverrides):
         if "high_noise_steps" not in given:
             self.high_noise_steps = max(1, self.steps // 2)
         elif self.high_noise_steps >= self.steps:
-            raise ValueError(
-                f"high_noise_steps: must be less than steps ({self.steps}), got {self.high_noise_steps}"
+            raise field_problem(
+                "high_noise_steps", f"must be less than steps ({self.steps}), got {self.high_noise_steps}"
             )
         if self.seed == -1:
             self.seed = secrets.randbelow(RANDOM_SEED_LIMIT)
@@ -350,27 +357,31 @@ class JobInput(_ModelOverrides):
 
     def _check_interpolation(self) -> None:
         if self.output_length > MAX_OUTPUT_FRAMES:
-            raise ValueError(
-                f"interpolate: {self.length} frames x{self.interpolate} would deliver {self.output_length} "
-                f"frames, more than {MAX_OUTPUT_FRAMES}; lower interpolate or length"
+            raise field_problem(
+                "interpolate",
+                f"{self.length} frames x{self.interpolate} would deliver {self.output_length} frames, more "
+                f"than {MAX_OUTPUT_FRAMES}; lower interpolate or length",
             )
         if self.output_fps > MAX_OUTPUT_FPS:
-            raise ValueError(
-                f"interpolate: {self.fps:g} fps x{self.interpolate} would be {self.output_fps:g} fps, more than "
-                f"{MAX_OUTPUT_FPS:g}; lower interpolate or fps"
+            raise field_problem(
+                "interpolate",
+                f"{self.fps:g} fps x{self.interpolate} would be {self.output_fps:g} fps, more than "
+                f"{MAX_OUTPUT_FPS:g}; lower interpolate or fps",
             )
 
     def _check_image_sources(self) -> None:
         starts = [n for n in ("image_url", "image_base64", "image_path") if getattr(self, n) is not None]
         if len(starts) != 1:
             given = f"got {', '.join(starts)}" if starts else "got none"
-            raise ValueError(
-                f"image_url: exactly one of image_url, image_base64, image_path is required ({given})"
+            raise field_problem(
+                "image_url", f"exactly one of image_url, image_base64, image_path is required ({given})"
             )
         ends = [n for n in ("end_image_url", "end_image_base64", "end_image_path") if getattr(self, n)]
         if len(ends) > 1:
-            raise ValueError(
-                f"end_image_url: at most one of end_image_url, end_image_base64, end_image_path may be given (got {', '.join(ends)})"
+            raise field_problem(
+                "end_image_url",
+                "at most one of end_image_url, end_image_base64, end_image_path may be given "
+                f"(got {', '.join(ends)})",
             )
 
     def _round_sizes(self) -> None:
@@ -378,7 +389,7 @@ class JobInput(_ModelOverrides):
             requested = getattr(self, name)
             used = round_to_multiple(requested, 16)
             if not lo <= used <= hi:
-                raise ValueError(f"{name}: must be between {lo} and {hi} pixels, got {requested}")
+                raise field_problem(name, f"must be between {lo} and {hi} pixels, got {requested}")
             if used != requested:
                 setattr(self, name, used)
                 self.adjustments.append(
@@ -389,7 +400,9 @@ class JobInput(_ModelOverrides):
         requested = self.length
         used = round_to_4n1(requested)
         if not MIN_LENGTH <= used <= MAX_LENGTH:
-            raise ValueError(f"length: must be between {MIN_LENGTH} and {MAX_LENGTH} frames, got {requested}")
+            raise field_problem(
+                "length", f"must be between {MIN_LENGTH} and {MAX_LENGTH} frames, got {requested}"
+            )
         if used != requested:
             self.length = used
             self.adjustments.append(
@@ -421,6 +434,12 @@ class JobInput(_ModelOverrides):
     def uses_context_windows(self) -> bool:
         return self.length > CONTEXT_WINDOW
 
+    def report(self) -> dict[str, Any]:
+        """What the result says the job used (:data:`REPORTED`), adjustments included."""
+        return {name: getattr(self, name) for name in REPORTED} | {
+            "adjustments": [a.model_dump() for a in self.adjustments]
+        }
+
     def model_name(self, role: str) -> str | None:
         """The file the job names for a model role (:mod:`worker.roles`), if any."""
         value = getattr(self, role)
@@ -430,6 +449,24 @@ class JobInput(_ModelOverrides):
         value = getattr(self, f"{role}_url")
         return value if isinstance(value, str) else None
 
+
+REPORTED = (
+    "mode",
+    "seed",
+    "width",
+    "height",
+    "length",
+    "fps",
+    "interpolate",
+    "output_length",
+    "output_fps",
+    "steps",
+    "high_noise_steps",
+    "cfg",
+    "crf",
+    "lightning",
+)
+"""The values a job's result reports as used: the fields (rounded, defaults filled in) and the derived ones."""
 
 _RESOLVED = ("steps", "high_noise_steps", "cfg", "seed")
 """Fields whose default depends on others (filled in by ``_resolve``): an explicit null means the default."""
@@ -443,9 +480,6 @@ FIELD_NAMES: tuple[str, ...] = (
 )
 """Every input field, in the order the README and error messages list them."""
 LORA_FIELD_NAMES: tuple[str, ...] = tuple(LoraPair.model_fields)
-
-
-_FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)?): ")
 
 
 def _loc_to_field(loc: tuple[int | str, ...]) -> str:
@@ -463,7 +497,7 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
     problems: list[dict[str, str]] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = tuple(err.get("loc", ()))
-        field = _loc_to_field(loc)
+        field = str((err.get("ctx") or {}).get("field") or _loc_to_field(loc))
         kind = err.get("type", "")
         message = str(err.get("msg", "is invalid"))
         if kind == "extra_forbidden":
@@ -473,11 +507,8 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
             message = f"unknown field {name!r}; allowed fields are: {', '.join(allowed)}"
         elif kind == "missing":
             message = "is required"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-            named = _FIELD_PREFIX.match(message)
-            if named and not field:
-                field, message = named.group(1), message[named.end() :]
+        else:
+            message = message.removeprefix("Value error, ")
         if kind != "extra_forbidden":
             field = field or "input"
         problems.append({"field": field, "message": message})

@@ -17,7 +17,7 @@ from tests.support.images import data_uri, image_bytes
 from tests.support.video import probe_b64
 from tests.support.worker_proc import REPO, LocalApi, worker_env
 from worker.config import Settings
-from worker.handler import handle
+from worker.handler import handle_job
 
 pytestmark = pytest.mark.e2e
 
@@ -169,7 +169,7 @@ def test_a_wrong_graph_is_refused_by_comfyui_with_the_node_named(
                 graph[node]["inputs"][key] = value
         path.write_text(json.dumps(graph))
     settings = Settings.from_env(worker_env(emulator.url, tmp_path, WORKFLOWS_DIR=str(workflows)))
-    result = asyncio.run(handle({"id": "wrong-graph", "input": job()}, settings))
+    result = asyncio.run(handle_job({"id": "wrong-graph", "input": job()}, settings))
     assert result["error_code"] == "comfyui_validation", result
     assert result["error"].startswith("comfyui_validation: ComfyUI refused the graph")
     assert node in result["error"] and fragment in result["error"]

@@ -14,7 +14,7 @@ from tests.support.images import data_uri, image_bytes
 from tests.support.settings import settings_for
 from tests.support.video import probe_b64
 from worker.config import Settings
-from worker.handler import handle
+from worker.handler import handle_job
 
 START = data_uri(image_bytes())
 
@@ -28,7 +28,7 @@ def job(**fields: Any) -> dict[str, Any]:
 
 def run(settings: Settings, **fields: Any) -> tuple[dict[str, Any], float]:
     started = time.monotonic()
-    result = asyncio.run(handle(job(**fields), settings))
+    result = asyncio.run(handle_job(job(**fields), settings))
     return result, time.monotonic() - started
 
 

@@ -19,7 +19,7 @@ from tests.emulator import Emulator
 from tests.support.images import animated_gif, data_uri, image_bytes, png_claiming
 from worker.config import Settings
 from worker.graph import Images, ModelFiles, bind, load_template
-from worker.handler import handle
+from worker.handler import handle_job
 from worker.schema import FIELD_NAMES, LORA_FIELD_NAMES, describe_errors, parse_job_input
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
@@ -198,7 +198,7 @@ def test_hostile_input_is_refused_before_anything_reaches_comfyui(
         job_input.pop("image_base64")
     job_input.update(patch)
     before = emulator.state()
-    result = asyncio.run(handle({"id": "hostile", "input": job_input}, worker_settings))
+    result = asyncio.run(handle_job({"id": "hostile", "input": job_input}, worker_settings))
     assert result.get("error_code") == code, result
     assert result["error"].startswith(f"{code}: ") and field in result["error"]
     after = emulator.state()

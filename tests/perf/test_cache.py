@@ -9,7 +9,7 @@ from typing import Any
 from tests.emulator import DEFAULT_MODELS, Emulator
 from tests.support.images import data_uri, image_bytes
 from worker.config import Settings
-from worker.handler import handle
+from worker.handler import handle_job
 
 LOADERS = {"high_model", "low_model", "text_encoder", "vae"}
 
@@ -27,7 +27,7 @@ def test_loaders_stay_cached_across_modes_and_lora_changes(tmp_path: Path) -> No
 
         def run(**fields: Any) -> dict[str, Any]:
             result = asyncio.run(
-                handle({"id": "c", "input": {**base, "image_base64": start, **fields}}, settings)
+                handle_job({"id": "c", "input": {**base, "image_base64": start, **fields}}, settings)
             )
             assert "error" not in result, result
             return result

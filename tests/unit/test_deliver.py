@@ -112,7 +112,7 @@ def test_sdk_debug_logging_never_writes_the_video(capsys: pytest.CaptureFixture[
 
 def test_upload_to_the_bucket_returns_a_working_url(s3_endpoint: str) -> None:
     settings = bucket_settings(s3_endpoint)
-    out = upload(VIDEO, job_id="job/1 2", settings=settings)
+    out = upload(VIDEO, name="job_1_2", settings=settings)
     assert out["bucket_key"].startswith("wan-worker/") and out["bucket_key"].endswith("job_1_2.mp4")
     response = requests.get(out["video_url"], timeout=10)
     assert response.status_code == 200 and response.content == VIDEO
@@ -129,7 +129,7 @@ def test_upload_to_the_bucket_returns_a_working_url(s3_endpoint: str) -> None:
 def test_upload_failure_is_typed(s3_endpoint: str) -> None:
     settings = bucket_settings(s3_endpoint, BUCKET_NAME="no-such-bucket")
     with pytest.raises(UploadFailed, match="no-such-bucket"):
-        upload(VIDEO, job_id="j", settings=settings)
+        upload(VIDEO, name="j", settings=settings)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
 from tests.support.video import probe_b64
 from worker.config import Settings
-from worker.handler import handle
+from worker.handler import handle_job, safe_id
 
 START = data_uri(image_bytes())
 
@@ -30,7 +30,7 @@ def files_in(folder: str) -> list[Path]:
 
 
 def test_success_leaves_nothing_behind(emulator: Emulator, settings: Settings) -> None:
-    result = asyncio.run(handle(job(), settings))
+    result = asyncio.run(handle_job(job(), settings))
     assert "error" not in result, result
     assert probe_b64(result["video"]).frames == 9
     state = emulator.state()
@@ -44,7 +44,7 @@ def test_cancellation_interrupts_comfyui_promptly(emulator: Emulator, settings: 
     before = emulator.state()["interrupts"]
 
     async def scenario() -> float:
-        task = asyncio.create_task(handle(job(), settings))
+        task = asyncio.create_task(handle_job(job(), settings))
         deadline = time.monotonic() + 10
         while emulator.state()["running"] is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -61,12 +61,12 @@ def test_cancellation_interrupts_comfyui_promptly(emulator: Emulator, settings: 
     assert state["prompt_ids"][-1] in state["queue_deletes"]
     assert state["running"] is None
     emulator.set_faults()
-    assert "error" not in asyncio.run(handle(job(), settings))
+    assert "error" not in asyncio.run(handle_job(job(), settings))
 
 
 def test_idle_timeout_interrupts_and_reports(emulator: Emulator, settings: Settings) -> None:
     emulator.set_faults(hang=True)
-    result = asyncio.run(handle(job(), settings.model_copy(update={"comfy_idle_timeout_s": 0.5})))
+    result = asyncio.run(handle_job(job(), settings.model_copy(update={"comfy_idle_timeout_s": 0.5})))
     assert result["error_code"] == "timeout" and result["error"].startswith("timeout: ")
     state = emulator.state()
     assert state["interrupts"] >= 1 and state["prompt_ids"][-1] in state["queue_deletes"]
@@ -76,19 +76,19 @@ def test_comfyui_down_asks_for_a_new_worker(settings: Settings) -> None:
     down = settings.model_copy(
         update={"comfy_host": "127.0.0.1", "comfy_port": 9, "comfy_start_timeout_s": 0.3}
     )
-    result = asyncio.run(handle(job(), down))
+    result = asyncio.run(handle_job(job(), down))
     assert result["error_code"] == "comfyui_unavailable"
     assert result["refresh_worker"] is True
 
 
 def test_missing_input_object(settings: Settings) -> None:
-    result = asyncio.run(handle({"id": "x"}, settings))
+    result = asyncio.run(handle_job({"id": "x"}, settings))
     assert result["error"].startswith("invalid_input: ") and result["details"][0]["field"] == "input"
 
 
 def test_url_output_without_a_bucket_is_refused_before_work(emulator: Emulator, settings: Settings) -> None:
     prompts = len(emulator.state()["prompts"])
-    result = asyncio.run(handle(job(output="url"), settings))
+    result = asyncio.run(handle_job(job(output="url"), settings))
     assert result["error_code"] == "invalid_input" and "bucket" in result["error"]
     assert len(emulator.state()["prompts"]) == prompts
 
@@ -97,7 +97,7 @@ def test_unexpected_failure_is_an_internal_error_without_traceback(
     settings: Settings, tmp_path: Path
 ) -> None:
     broken = settings.model_copy(update={"workflows_dir": tmp_path / "nowhere"})
-    result = asyncio.run(handle(job(), broken))
+    result = asyncio.run(handle_job(job(), broken))
     assert result["error_code"] == "internal_error"
     assert "Traceback" not in result["error"] and "job-1" in result["error"]
 
@@ -124,7 +124,7 @@ def test_a_model_the_policy_refuses_is_refused_before_any_work(
         body = job(**fields)
         del body["input"]["image_base64"]
         body["input"]["image_url"] = images.url("/start.png")
-        result = asyncio.run(handle(body, allowed))
+        result = asyncio.run(handle_job(body, allowed))
         assert images.requests == []
     assert result["error_code"] in ("invalid_input", "url_not_allowed"), result
     assert field in result["error"] and words in result["error"], result
@@ -133,3 +133,9 @@ def test_a_model_the_policy_refuses_is_refused_before_any_work(
         len(before["uploads"]),
         len(before["prompt_requests"]),
     )
+
+
+def test_job_ids_become_safe_names() -> None:
+    assert safe_id("job/../x y") == "job____x_y"
+    assert safe_id("") == "job"
+    assert len(safe_id("a" * 100)) == 48

@@ -19,7 +19,7 @@ from tests.support.settings import settings_for
 from tests.support.video import probe, probe_b64
 from worker import jobmodels
 from worker.config import Settings
-from worker.handler import handle
+from worker.handler import handle_job
 from worker.models import ensure
 from worker.models import manifest as manifest_module
 from worker.models.manifest import ManifestEntry
@@ -80,7 +80,7 @@ def settings(emulator: Emulator, volume: Path) -> Settings:
 
 
 def run(emulator: Emulator, volume: Path, **fields: Any) -> dict[str, Any]:
-    return asyncio.run(handle({"id": "job-i", "input": {**JOB, **fields}}, settings(emulator, volume)))
+    return asyncio.run(handle_job({"id": "job-i", "input": {**JOB, **fields}}, settings(emulator, volume)))
 
 
 def test_the_model_is_fetched_on_first_use_then_reused(
@@ -140,7 +140,7 @@ def test_an_interpolated_video_goes_to_the_bucket(
             "bucket_name": "videos",
         }
     )
-    result = asyncio.run(handle({"id": "job-b", "input": {**JOB, "output": "url"}}, bucket))
+    result = asyncio.run(handle_job({"id": "job-b", "input": {**JOB, "output": "url"}}, bucket))
     assert "error" not in result, result
     response = requests.get(result["video_url"], timeout=10)
     assert response.status_code == 200

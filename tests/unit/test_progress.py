@@ -15,7 +15,7 @@ from tests.models.fileserver import FileServer, model_bytes
 from tests.support.images import data_uri, image_bytes
 from tests.support.settings import settings_for
 from worker.config import Settings
-from worker.handler import handle
+from worker.handler import handle_job
 from worker.progress import ProgressReporter
 
 STAGES = ["inputs", "models", "comfyui", "sampling", "delivering"]
@@ -219,7 +219,7 @@ def test_a_model_download_reports_its_bytes_to_the_client(emulator: Emulator, se
                     "lora_pairs": [{"high_url": url}],
                 },
             }
-            result = asyncio.run(handle(job, local, sender=sent))
+            result = asyncio.run(handle_job(job, local, sender=sent))
     finally:
         emulator.configure(model_dirs={})
     assert "error" not in result, result
