@@ -83,6 +83,7 @@ requests==2.34.2
 pydantic==2.13.4
 pydantic-settings==2.14.1
 boto3==1.44.8
+pillow==13.0.0
 EOF
 
 RUN python3 -m venv "$VIRTUAL_ENV" \
