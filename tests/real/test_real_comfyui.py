@@ -490,6 +490,7 @@ def test_cancel_interrupts_comfyui_and_the_next_job_runs(
 ) -> None:
     standin, worker = production_worker
     since = len(comfyui.log_text())
+    history_before = set(comfyui.http.get(f"{comfyui.url}/history", timeout=10).json())
     job_id = standin.submit(job(steps=100, lightning=False, seed=10))
     standin.wait_taken(job_id, timeout_s=30)
     wait_for_sampling(comfyui, since, total=50, timeout_s=JOB_S)
@@ -513,6 +514,8 @@ def test_cancel_interrupts_comfyui_and_the_next_job_runs(
     result = standin.wait_result(next_id, timeout_s=JOB_S)
     assert "error" not in result, result
     check_video(result["output"], frames=9)
+    left = set(comfyui.http.get(f"{comfyui.url}/history", timeout=10).json()) - history_before
+    assert not left, f"the cancelled job's or the next job's prompt stayed in ComfyUI's history: {left}"
 
 
 @pytest.mark.timeout(20 * JOB_S)

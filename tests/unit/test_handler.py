@@ -12,6 +12,7 @@ import pytest
 from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
 from tests.support.video import probe_b64
+from worker import cleanup
 from worker.config import Settings
 from worker.handler import handle_job, safe_id
 
@@ -62,6 +63,54 @@ def test_cancellation_interrupts_comfyui_promptly(emulator: Emulator, settings: 
     assert state["running"] is None
     emulator.set_faults()
     assert "error" not in asyncio.run(handle_job(job(), settings))
+
+
+def cancel_while_running(settings: Settings, emulator: Emulator) -> None:
+    """Start a job, cancel it once ComfyUI runs its prompt, and return when its cleanup has finished."""
+
+    async def scenario() -> None:
+        task = asyncio.create_task(handle_job(job(), settings))
+        deadline = time.monotonic() + 10
+        while emulator.state()["running"] is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())  # returns once the shielded cleanup thread is done
+
+
+def test_a_cancelled_prompt_leaves_the_history_even_when_its_entry_comes_late(
+    emulator: Emulator, settings: Settings
+) -> None:
+    emulator.set_faults(hang=True)
+    emulator.configure(history_delay=1.0)  # ComfyUI writes the interrupted prompt's entry after the cleanup began
+    cancel_while_running(settings, emulator)
+    cancelled = emulator.state()["prompt_ids"][-1]
+    assert cancelled not in emulator.state()["history_ids"]
+    emulator.set_faults()
+    emulator.configure(history_delay=0.0)
+    assert "error" not in asyncio.run(handle_job(job(), settings))
+    state = emulator.state()
+    assert not {cancelled, state["prompt_ids"][-1]} & set(state["history_ids"])
+
+
+def test_a_prompt_still_running_after_the_wait_is_forgotten_by_the_next_job(
+    emulator: Emulator, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cleanup, "CANCEL_WAIT_S", 0.0)
+    emulator.set_faults(hang=True)
+    emulator.configure(history_delay=1.5)
+    cancel_while_running(settings, emulator)
+    cancelled = emulator.state()["prompt_ids"][-1]
+    deadline = time.monotonic() + 10
+    while cancelled not in emulator.state()["history_ids"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cancelled in emulator.state()["history_ids"]  # written after the cleanup had given up waiting
+    emulator.set_faults()
+    emulator.configure(history_delay=0.0)
+    assert "error" not in asyncio.run(handle_job(job(), settings))
+    assert cancelled not in emulator.state()["history_ids"]
 
 
 def test_idle_timeout_interrupts_and_reports(emulator: Emulator, settings: Settings) -> None:
