@@ -1,7 +1,8 @@
 """Hand the video to the client: inline as base64, or uploaded to the user's S3-compatible bucket.
 
-``output`` decides: ``base64``, ``url`` (a bucket must be configured), or ``auto`` (url when a bucket is
-configured). RunPod refuses large results, so an inline video larger than ``INLINE_OUTPUT_MAX_MB`` (counted as
+The bucket is the job's own when it carries RunPod's ``s3Config`` (whose secrets never reach a log, a result or
+an error), else the worker's (``BUCKET_*``). ``output`` decides: ``base64``, ``url`` (a bucket must be
+known), or ``auto`` (url when there is a bucket). RunPod refuses large results, so an inline video larger than ``INLINE_OUTPUT_MAX_MB`` (counted as
 the base64 text that travels) is refused with advice instead of being lost.
 """
 
@@ -11,7 +12,8 @@ import binascii
 import datetime as dt
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,42 +32,101 @@ class ObjectStore(Protocol):
     def generate_presigned_url(self, ClientMethod: str, Params: dict[str, Any], ExpiresIn: int) -> str: ...
 
 
+MAX_URL_EXPIRY_S = 7 * 24 * 3600
+"""The longest validity S3 allows a presigned URL."""
+S3_CONFIG_KEYS = ("accessId", "accessSecret", "bucketName", "endpointUrl")
+
+
 @dataclass(frozen=True)
-class BucketTarget:
+class Bucket:
+    """Where videos go by URL: the worker's bucket (``BUCKET_*`` settings) or a job's own (``s3Config``)."""
+
     endpoint_url: str
     bucket: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    url_expiry_s: int = MAX_URL_EXPIRY_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bucket | None:
+        """The worker's bucket, or None when ``BUCKET_*`` do not configure one."""
+        if not settings.bucket_configured:
+            return None
+        endpoint, bucket = split_endpoint(settings.bucket_endpoint_url, settings.bucket_name)
+        return cls(
+            endpoint,
+            bucket,
+            settings.bucket_access_key_id,
+            settings.bucket_secret_access_key,
+            min(settings.bucket_url_expiry_s, MAX_URL_EXPIRY_S),
+        )
+
+    @classmethod
+    def from_job(cls, config: Any, settings: Settings) -> Bucket:
+        """A job's ``s3Config`` (RunPod's ``accessId``, ``accessSecret``, ``bucketName``, ``endpointUrl``);
+        the errors name the keys, never their values."""
+        if not isinstance(config, dict):
+            raise InvalidInput("s3Config must be an object", details=[{"field": "s3Config"}])
+        problems = [
+            {"field": f"s3Config.{key}", "message": "is required (a non-empty string)"}
+            for key in S3_CONFIG_KEYS
+            if not isinstance(config.get(key), str) or not config[key].strip()
+        ]
+        endpoint = str(config.get("endpointUrl") or "")
+        if endpoint and not re.match(r"^https?://[^\s/]", endpoint, flags=re.IGNORECASE):
+            problems.append(
+                {"field": "s3Config.endpointUrl", "message": "must be an http:// or https:// URL"}
+            )
+        if problems:
+            summary = "; ".join(f"{p['field']} {p['message']}" for p in problems)
+            raise InvalidInput(f"the job's s3Config is incomplete: {summary}", details=problems)
+        endpoint, bucket = split_endpoint(endpoint.strip(), config["bucketName"].strip())
+        return cls(
+            endpoint,
+            bucket,
+            config["accessId"].strip(),
+            config["accessSecret"].strip(),
+            min(settings.bucket_url_expiry_s, MAX_URL_EXPIRY_S),
+        )
 
 
-def resolve_output_mode(requested: str, settings: Settings) -> str:
+def job_bucket(job: Mapping[str, Any], settings: Settings) -> Bucket | None:
+    """The bucket of this job: its own ``s3Config`` when it has one, else the worker's, else None."""
+    config = job.get("s3Config")
+    return Bucket.from_job(config, settings) if config is not None else Bucket.from_settings(settings)
+
+
+def resolve_output_mode(requested: str, bucket: Bucket | None) -> str:
     """``base64`` or ``url``; ``url`` without a bucket is an input error, found before any work is done."""
     if requested == "auto":
-        return "url" if settings.bucket_configured else "base64"
-    if requested == "url" and not settings.bucket_configured:
+        return "url" if bucket is not None else "base64"
+    if requested == "url" and bucket is None:
         raise InvalidInput(
             "output is 'url' but this worker has no bucket configured (BUCKET_ENDPOINT_URL, "
-            "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY); use output 'base64' or 'auto'",
+            "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) and the job has no s3Config; use output "
+            "'base64' or 'auto'",
             details=[{"field": "output"}],
         )
     return requested
 
 
-def bucket_target(settings: Settings) -> BucketTarget:
-    """The service endpoint and bucket: ``BUCKET_NAME`` if set, else RunPod's convention of a
-    virtual-hosted endpoint whose first host label is the bucket (``https://bucket.s3.region.host``)."""
-    if settings.bucket_name:
-        return BucketTarget(settings.bucket_endpoint_url.rstrip("/"), settings.bucket_name)
-    parts = urlsplit(settings.bucket_endpoint_url)
+def split_endpoint(endpoint_url: str, bucket: str) -> tuple[str, str]:
+    """(service endpoint, bucket): ``bucket`` if given, else RunPod's convention of a virtual-hosted endpoint
+    whose first host label is the bucket (``https://bucket.s3.region.host``), or a path-style one."""
+    if bucket:
+        return endpoint_url.rstrip("/"), bucket
+    parts = urlsplit(endpoint_url)
     host = parts.hostname or ""
     path_bucket = parts.path.strip("/").split("/", 1)[0]
     if path_bucket:
-        return BucketTarget(urlunsplit((parts.scheme, parts.netloc, "", "", "")), path_bucket)
-    bucket, _, rest = host.partition(".")
+        return urlunsplit((parts.scheme, parts.netloc, "", "", "")), path_bucket
+    name, _, rest = host.partition(".")
     if not rest:
         raise UploadFailed(
             "BUCKET_ENDPOINT_URL names no bucket: set BUCKET_NAME, or use https://<bucket>.<s3 endpoint>"
         )
     netloc = rest if parts.port is None else f"{rest}:{parts.port}"
-    return BucketTarget(urlunsplit((parts.scheme, netloc, "", "", "")), bucket)
+    return urlunsplit((parts.scheme, netloc, "", "", "")), name
 
 
 def _region(endpoint_url: str) -> str:
@@ -73,16 +134,16 @@ def _region(endpoint_url: str) -> str:
     return match.group(1) if match else "us-east-1"
 
 
-def make_store(settings: Settings, target: BucketTarget) -> ObjectStore:
+def make_store(bucket: Bucket) -> ObjectStore:
     import boto3
     from botocore.config import Config
 
     client: ObjectStore = boto3.client(
         "s3",
-        endpoint_url=target.endpoint_url,
-        aws_access_key_id=settings.bucket_access_key_id,
-        aws_secret_access_key=settings.bucket_secret_access_key,
-        region_name=_region(target.endpoint_url),
+        endpoint_url=bucket.endpoint_url,
+        aws_access_key_id=bucket.access_key_id,
+        aws_secret_access_key=bucket.secret_access_key,
+        region_name=_region(bucket.endpoint_url),
         config=Config(
             signature_version="s3v4",
             retries={"max_attempts": 3, "mode": "standard"},
@@ -93,10 +154,10 @@ def make_store(settings: Settings, target: BucketTarget) -> ObjectStore:
     return client
 
 
-def object_key(name: str) -> str:
-    """``wan-worker/<day>/<name>.mp4``; ``name`` is the job's id made safe for names."""
+def object_key(name: str, suffix: str = ".mp4") -> str:
+    """``wan-worker/<day>/<name><suffix>``; ``name`` is the job's id made safe for names."""
     day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    return f"wan-worker/{day}/{name}.mp4"
+    return f"wan-worker/{day}/{name}{suffix}"
 
 
 class InlineEncoder:
@@ -179,26 +240,24 @@ class JobResult(dict[str, Any]):
 
 
 def upload(
-    video: bytes | bytearray, *, name: str, settings: Settings, store: ObjectStore | None = None
-) -> dict[str, Any]:
-    """Upload to the bucket as :func:`object_key` of ``name``; returns a presigned GET URL valid for
-    ``BUCKET_URL_EXPIRY_S``."""
-    target = bucket_target(settings)
-    key = object_key(name)
+    data: bytes | bytearray,
+    *,
+    key: str,
+    bucket: Bucket,
+    content_type: str = MIME_TYPE,
+    store: ObjectStore | None = None,
+) -> str:
+    """Put ``data`` into the bucket under ``key``; returns a presigned GET URL valid for its ``url_expiry_s``."""
     try:
-        client = store or make_store(settings, target)
-        client.put_object(Bucket=target.bucket, Key=key, Body=video, ContentType=MIME_TYPE)
+        client = store or make_store(bucket)
+        client.put_object(Bucket=bucket.bucket, Key=key, Body=data, ContentType=content_type)
         url = client.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": target.bucket, "Key": key},
-            ExpiresIn=min(settings.bucket_url_expiry_s, 7 * 24 * 3600),
+            "get_object", Params={"Bucket": bucket.bucket, "Key": key}, ExpiresIn=bucket.url_expiry_s
         )
-    except UploadFailed:
-        raise
     except Exception as exc:
         raise UploadFailed(
-            f"the upload to bucket {target.bucket!r} failed ({exc.__class__.__name__}); check the bucket "
+            f"the upload to bucket {bucket.bucket!r} failed ({exc.__class__.__name__}); check the bucket "
             "settings and credentials"
         ) from exc
-    log.info("job %s: video uploaded to bucket %s as %s", name, target.bucket, key)
-    return {"video_url": url, "bucket_key": key}
+    log.info("uploaded %s to bucket %s", key, bucket.bucket)
+    return url

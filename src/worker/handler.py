@@ -154,7 +154,8 @@ async def handle_job(
 async def make_video(run: JobRun) -> dict[str, Any]:
     job = validate(run)
     jobmodels.check_urls(job, run.settings)
-    output_mode = deliver.resolve_output_mode(job.output, run.settings)
+    bucket = deliver.job_bucket(run.job, run.settings)
+    output_mode = deliver.resolve_output_mode(job.output, bucket)
 
     with run.stage("inputs", "inputs"):
         start_image, end_image = await load_images(run, job)
@@ -199,7 +200,9 @@ async def make_video(run: JobRun) -> dict[str, Any]:
         outcome = await asyncio.to_thread(execute, run, bound, job)
 
     with run.stage("delivering", "deliver"):
-        delivered, size = await asyncio.to_thread(deliver_video, run, find_video(outcome), output_mode)
+        delivered, size = await asyncio.to_thread(
+            deliver_video, run, find_video(outcome), bucket, output_mode
+        )
     run.timings["total"] = round(time.monotonic() - run.started, 3)
     run.finished = True
     log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], size)
@@ -312,15 +315,18 @@ def find_video(outcome: Outcome) -> OutputFile:
     return videos[0]
 
 
-def deliver_video(run: JobRun, video: OutputFile, mode: str) -> tuple[dict[str, Any], int]:
+def deliver_video(
+    run: JobRun, video: OutputFile, bucket: deliver.Bucket | None, mode: str
+) -> tuple[dict[str, Any], int]:
     """Read the video from ComfyUI and hand it over (blocking; runs in a thread): encoded to base64 while it
     streams in, or read whole and uploaded to the bucket. Returns the delivered fields and the video's size."""
     empty = NoOutput(f"ComfyUI's video {video.filename!r} is empty")
-    if mode == "url":
+    if mode == "url" and bucket is not None:
         data = run.client.fetch_output(video)
         if not data:
             raise empty
-        return deliver.upload(data, name=run.safe_id, settings=run.settings), len(data)
+        key = deliver.object_key(run.safe_id)
+        return {"video_url": deliver.upload(data, key=key, bucket=bucket), "bucket_key": key}, len(data)
     encoder = deliver.InlineEncoder(run.settings)
     if not run.client.read_output(video, encoder):
         raise empty

@@ -12,7 +12,15 @@ import pytest
 import requests
 
 from worker.config import Settings
-from worker.deliver import InlineEncoder, JobResult, bucket_target, resolve_output_mode, upload
+from worker.deliver import (
+    Bucket,
+    InlineEncoder,
+    JobResult,
+    job_bucket,
+    object_key,
+    resolve_output_mode,
+    upload,
+)
 from worker.errors import InvalidInput, OutputTooLarge, UploadFailed
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
@@ -30,12 +38,13 @@ def bucket_settings(endpoint: str, **extra: str) -> Settings:
 
 
 def test_output_mode_resolution() -> None:
-    plain = Settings.from_env({})
+    plain = Bucket.from_settings(Settings.from_env({}))
+    assert plain is None
     assert resolve_output_mode("auto", plain) == "base64"
     assert resolve_output_mode("base64", plain) == "base64"
-    with pytest.raises(InvalidInput, match=r"no bucket is configured|no bucket configured"):
+    with pytest.raises(InvalidInput, match=r"no bucket configured"):
         resolve_output_mode("url", plain)
-    configured = bucket_settings("https://s3.example.com")
+    configured = Bucket.from_settings(bucket_settings("https://s3.example.com"))
     assert resolve_output_mode("auto", configured) == "url"
     assert resolve_output_mode("base64", configured) == "base64"
 
@@ -111,10 +120,12 @@ def test_sdk_debug_logging_never_writes_the_video(capsys: pytest.CaptureFixture[
 
 
 def test_upload_to_the_bucket_returns_a_working_url(s3_endpoint: str) -> None:
-    settings = bucket_settings(s3_endpoint)
-    out = upload(VIDEO, name="job_1_2", settings=settings)
-    assert out["bucket_key"].startswith("wan-worker/") and out["bucket_key"].endswith("job_1_2.mp4")
-    response = requests.get(out["video_url"], timeout=10)
+    bucket = Bucket.from_settings(bucket_settings(s3_endpoint))
+    assert bucket is not None
+    key = object_key("job_1_2")
+    url = upload(VIDEO, key=key, bucket=bucket)
+    assert key.startswith("wan-worker/") and key.endswith("job_1_2.mp4")
+    response = requests.get(url, timeout=10)
     assert response.status_code == 200 and response.content == VIDEO
     head = boto3.client(
         "s3",
@@ -122,14 +133,15 @@ def test_upload_to_the_bucket_returns_a_working_url(s3_endpoint: str) -> None:
         aws_access_key_id="k",
         aws_secret_access_key="s",
         region_name="us-east-1",
-    ).head_object(Bucket="videos", Key=out["bucket_key"])
+    ).head_object(Bucket="videos", Key=key)
     assert head["ContentType"] == "video/mp4"
 
 
 def test_upload_failure_is_typed(s3_endpoint: str) -> None:
-    settings = bucket_settings(s3_endpoint, BUCKET_NAME="no-such-bucket")
+    bucket = Bucket.from_settings(bucket_settings(s3_endpoint, BUCKET_NAME="no-such-bucket"))
+    assert bucket is not None
     with pytest.raises(UploadFailed, match="no-such-bucket"):
-        upload(VIDEO, name="j", settings=settings)
+        upload(VIDEO, key="j.mp4", bucket=bucket)
 
 
 @pytest.mark.parametrize(
@@ -148,5 +160,45 @@ def test_bucket_target_conventions(endpoint: str, name: str, expected: tuple[str
     env = {"BUCKET_ENDPOINT_URL": endpoint, "BUCKET_ACCESS_KEY_ID": "k", "BUCKET_SECRET_ACCESS_KEY": "s"}
     if name:
         env["BUCKET_NAME"] = name
-    target = bucket_target(Settings.from_env(env))
-    assert (target.endpoint_url, target.bucket) == expected
+    bucket = Bucket.from_settings(Settings.from_env(env))
+    assert bucket is not None and (bucket.endpoint_url, bucket.bucket) == expected
+    assert "access_key" not in repr(bucket), "the keys stay out of its repr"
+
+
+SECRET = "very-secret-value-0123456789"
+
+
+def s3_config(endpoint: str, **changes: object) -> dict[str, object]:
+    return {
+        "accessId": "k",
+        "accessSecret": SECRET,
+        "bucketName": "videos",
+        "endpointUrl": endpoint,
+        **changes,
+    }
+
+
+def test_a_jobs_s3config_replaces_the_workers_bucket(s3_endpoint: str) -> None:
+    own = job_bucket({"input": {}, "s3Config": s3_config(s3_endpoint)}, bucket_settings("https://elsewhere"))
+    assert own is not None and (own.endpoint_url, own.bucket) == (s3_endpoint, "videos")
+    assert SECRET not in repr(own)
+    url = upload(VIDEO, key=object_key("mine"), bucket=own)
+    assert requests.get(url, timeout=10).content == VIDEO
+    assert job_bucket({"input": {}}, Settings.from_env({})) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "fields"),
+    [
+        ("not an object", ["s3Config"]),
+        (s3_config("https://s3.example.com", accessSecret=""), ["s3Config.accessSecret"]),
+        (s3_config("ftp://s3.example.com", bucketName=None), ["s3Config.bucketName", "s3Config.endpointUrl"]),
+    ],
+)
+def test_a_bad_s3config_is_refused_naming_its_keys_never_its_secrets(
+    config: object, fields: list[str]
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        job_bucket({"input": {}, "s3Config": config}, Settings.from_env({}))
+    assert [d["field"] for d in info.value.details] == fields
+    assert SECRET not in str(info.value) + repr(info.value.details)

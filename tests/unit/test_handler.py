@@ -84,7 +84,9 @@ def test_a_cancelled_prompt_leaves_the_history_even_when_its_entry_comes_late(
     emulator: Emulator, settings: Settings
 ) -> None:
     emulator.set_faults(hang=True)
-    emulator.configure(history_delay=1.0)  # ComfyUI writes the interrupted prompt's entry after the cleanup began
+    emulator.configure(
+        history_delay=1.0
+    )  # ComfyUI writes the interrupted prompt's entry after the cleanup began
     cancel_while_running(settings, emulator)
     cancelled = emulator.state()["prompt_ids"][-1]
     assert cancelled not in emulator.state()["history_ids"]
@@ -188,3 +190,27 @@ def test_job_ids_become_safe_names() -> None:
     assert safe_id("job/../x y") == "job____x_y"
     assert safe_id("") == "job"
     assert len(safe_id("a" * 100)) == 48
+
+
+def test_a_job_with_s3config_puts_its_video_in_that_bucket(
+    settings: Settings, s3_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import requests
+
+    secret = "secret-of-the-job-0123456789"
+    body = job(output="auto")
+    body["s3Config"] = {
+        "accessId": "k",
+        "accessSecret": secret,
+        "bucketName": "videos",
+        "endpointUrl": s3_endpoint,
+    }
+    with caplog.at_level("DEBUG"):
+        result = asyncio.run(handle_job(body, settings))
+    assert "video" not in result and result["bucket_key"].endswith("job-1.mp4"), result
+    assert requests.get(result["video_url"], timeout=10).content[4:8] == b"ftyp"
+    assert secret not in repr(result) + caplog.text
+
+    body["s3Config"]["accessSecret"] = ""
+    refused = asyncio.run(handle_job(body, settings))
+    assert refused["error_code"] == "invalid_input" and "s3Config.accessSecret" in refused["error"]
