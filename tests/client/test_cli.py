@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from tests.client.fake_runpod import Body, FakeRunPod, completed, failed, progress, queued
 from tests.support.images import image_bytes
 from worker.client.cli import build_parser, main
-from worker.client.options import add_job_options, job_fields, parse_lora
+from worker.client.options import OPTION_NAMES, add_job_options, job_fields, parse_lora
 from worker.schema import JobInput, input_json_schema
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42 fake"
@@ -360,6 +360,11 @@ def test_the_help_tells_the_contracts_description_default_and_bounds() -> None:
             assert f"default: {shown(info.default)}" in text, name
     assert "(at most 4)" in option_help(parser, "--lora")
     assert "{480p,720p}" in option_help(parser, "--resolution")
+
+
+def test_the_docs_name_the_options_not_named_after_their_field() -> None:
+    docs = (REPO / "docs" / "client.md").read_text()
+    assert all(f"| `{option}" in docs for option in OPTION_NAMES.values())
 
 
 def test_a_new_field_in_the_contract_gets_its_option() -> None:

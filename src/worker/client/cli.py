@@ -81,11 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cancel(client: Client, job_ids: Sequence[str], why: str = "") -> None:
     """Cancel jobs left behind (``why``: "interrupted" after Ctrl-C), where the backend can."""
-    if why and not client.can_cancel:
-        print(f"{why}: the local API cannot cancel jobs; {' '.join(job_ids)} run(s) on", file=sys.stderr)
-    elif why:
-        what = f"job {job_ids[0]}" if len(job_ids) == 1 else f"{len(job_ids)} job(s)"
-        print(f"{why}: cancelling {what}" if job_ids else why, file=sys.stderr)
+    what = f"job {job_ids[0]}" if len(job_ids) == 1 else f"{len(job_ids)} job(s)"
+    told = f"cancelling {what}" if client.can_cancel else f"the local API cannot cancel jobs; {what} runs on"
+    if why:
+        print(f"{why}: {told}" if job_ids else why, file=sys.stderr)
     for job_id in job_ids if client.can_cancel else ():
         try:
             client.cancel(job_id)
@@ -210,7 +209,8 @@ def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: thr
     started = time.monotonic()
     try:
         job = make_input(image=item.image, **job_fields(args))
-        item.state, item.job_id = "running", client.submit(job)
+        item.state = "running"
+        item.job_id = client.submit(job)
         result = client.wait(item.job_id, timeout=args.timeout, stop=stop)
         client.save_video(result, item.output)
         item.state, item.seed, item.message = "done", str(result.seed), str(item.output)
