@@ -305,7 +305,9 @@ class Client:
         :class:`Interrupted` (the job is not cancelled). The local API's ``/status`` runs on a helper thread."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         stop = stop or threading.Event()
-        fetch = self._in_background(job_id) if self.local else lambda: self.status(job_id)
+        fetch = (
+            self._in_background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
+        )
         (first, longest), interval, last = self.poll_interval, 0.0, None
         while not stop.is_set():
             current = fetch()

@@ -114,11 +114,9 @@ def run_generate(args: argparse.Namespace, client: Client, bar: ProgressBar) -> 
         return EXIT_FAILED
     bar.close()
     size, fps = path.stat().st_size, "?" if result.fps is None else f"{result.fps:g}"
-    shown = (
-        f"{size} bytes" if size < 1000 else f"{size / 1e3:.0f} kB" if size < 1e6 else f"{size / 1e6:.1f} MB"
-    )
+    told = f"{size} bytes" if size < 1e3 else f"{size / 1e3:.0f} kB" if size < 1e6 else f"{size / 1e6:.1f} MB"
     shape = f"{result.width}x{result.height}, {result.length} frames at {fps} fps, {result.steps} steps"
-    print(f"saved {path} ({shown}): {result.mode or 'video'} {shape}\nseed: {result.seed}")
+    print(f"saved {path} ({told}): {result.mode or 'video'} {shape}\nseed: {result.seed}")
     for adj in result.adjustments:
         print(f"adjusted {adj.field}: {adj.requested} -> {adj.used} ({adj.reason})")
     if result.timings:
