@@ -2,7 +2,9 @@
 
 Every job plays a script: one ``/status`` body per poll, the last one repeated. A cancelled job answers
 CANCELLED from then on. Requests need ``Authorization: Bearer <api_key>``. Files put in ``files`` are served
-at ``/files/<name>`` without auth (a presigned bucket URL stand-in).
+at ``/files/<name>`` without auth (a presigned bucket URL stand-in). ``faults`` makes the next requests of a
+route (``run``, ``status``, ``cancel``, ``files``) fail: an HTTP status with headers, or ``DROP`` (the
+connection is closed without an answer).
 
     with FakeRunPod() as rp:
         rp.scripts.append([queued(), progress("sampling", 1, 4), completed({...})])
@@ -20,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Body = dict[str, Any]
+Fault = tuple[int, dict[str, str]]
+DROP: Fault = (0, {})
 
 
 def queued() -> Body:
@@ -77,8 +81,8 @@ class FakeRunPod:
     script_for: Callable[[Body], list[Body]] | None = None
     """Picks a job's script from its input (takes precedence over ``scripts``)."""
     files: dict[str, bytes] = field(default_factory=dict)
-    transient_errors: int = 0
-    """Answer this many ``/status`` polls with HTTP 502 before the script resumes."""
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    """Per route, answers to give before the real ones (each used once, in order)."""
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
@@ -100,6 +104,10 @@ class FakeRunPod:
     def status_polls(self) -> int:
         return sum(1 for r in self.records if "/status/" in r.path)
 
+    def calls(self, route: str) -> int:
+        """Requests received for a route (``run``, ``status``, ``cancel``, ``files``), faults included."""
+        return sum(1 for r in self.records if _route(r.path) == route)
+
     def __enter__(self) -> FakeRunPod:
         self._thread.start()
         return self
@@ -109,6 +117,14 @@ class FakeRunPod:
         self._httpd.server_close()
 
     # ------------------------------------------------------------------------------------- behaviour
+
+    def fault(self, path: str) -> Fault | None:
+        with self._lock:
+            queued = self.faults.get(_route(path))
+            if not queued:
+                return None
+            self.records.append(Record("?", path, None))
+            return queued.pop(0)
 
     def answer(self, method: str, path: str, body: Body | None, auth: str | None) -> tuple[int, Body | bytes]:
         with self._lock:
@@ -131,9 +147,6 @@ class FakeRunPod:
         if job is None:
             return 404, {"error": "job not found"}
         if method == "GET" and action == "status":
-            if self.transient_errors > 0:
-                self.transient_errors -= 1
-                return 502, {"error": "bad gateway"}
             return 200, {"id": job.id, **job.next_status()}
         if method == "POST" and action == "cancel":
             job.cancelled = True
@@ -152,6 +165,12 @@ class FakeRunPod:
         return {"id": job_id, "status": "IN_QUEUE"}
 
 
+def _route(path: str) -> str:
+    """``/v2/{endpoint}/status/{id}`` -> ``status``; ``/files/{name}`` -> ``files``."""
+    parts = path.split("/")
+    return parts[1] if parts[1] == "files" else (parts[3] if len(parts) > 3 else "")
+
+
 def _handler_for(server: FakeRunPod) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -166,6 +185,17 @@ def _handler_for(server: FakeRunPod) -> type[BaseHTTPRequestHandler]:
         def _serve(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            fault = server.fault(self.path)
+            if fault is not None:
+                if fault == DROP:
+                    self.close_connection = True
+                    return
+                self.send_response(fault[0])
+                for key, value in {**fault[1], "Content-Length": "2"}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(b"{}")
+                return
             body = json.loads(raw) if raw else None
             status, answer = server.answer(method, self.path, body, self.headers.get("Authorization"))
             data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()

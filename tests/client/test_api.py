@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.client.fake_runpod import FakeRunPod, completed, failed, progress, queued
+import worker.client
+from tests.client.fake_runpod import DROP, FakeRunPod, completed, failed, progress, queued
 from tests.support.images import image_bytes
 from worker.client import (
     ApiError,
@@ -93,13 +95,14 @@ def test_video_url_is_downloaded_without_the_api_key(
     runpod: FakeRunPod, client: Client, tmp_path: Path
 ) -> None:
     runpod.files["v.mp4"] = VIDEO
+    runpod.faults["files"] = [(503, {}), DROP]
     runpod.scripts.append([completed(output(video=None, video_url=runpod.file_url("v.mp4")))])
     result = client.generate({"prompt": "p"})
     path = client.save_video(result, tmp_path / "sub" / "out.mp4")
     assert path.read_bytes() == VIDEO
     assert [p.name for p in path.parent.iterdir()] == ["out.mp4"]
-    download = next(r for r in runpod.records if r.path.startswith("/files/"))
-    assert download.authorization is None
+    download = next(r for r in runpod.records if r.path.startswith("/files/") and r.method == "GET")
+    assert download.authorization is None and runpod.calls("files") == 3
 
 
 def test_production_failure_shows_message_and_code(runpod: FakeRunPod, client: Client) -> None:
@@ -153,10 +156,47 @@ def test_failures_read_as_plain_text(status: JobStatus, expected: str) -> None:
 
 
 def test_transient_errors_are_retried(runpod: FakeRunPod, client: Client) -> None:
-    runpod.transient_errors = 2
+    runpod.faults["status"] = [(502, {}), DROP]
     runpod.scripts.append([progress("models"), completed(output())])
     assert client.generate({"prompt": "p"}).seed == 1234
     assert runpod.status_polls() == 4
+
+
+def test_retry_after_is_honoured(runpod: FakeRunPod, client: Client) -> None:
+    runpod.faults["status"] = [(429, {"Retry-After": "1"})]
+    runpod.scripts.append([completed(output())])
+    started = time.monotonic()
+    assert client.generate({"prompt": "p"}).seed == 1234
+    assert time.monotonic() - started >= 0.9
+    assert runpod.status_polls() == 2
+
+
+def test_a_submit_is_sent_again_only_when_the_server_did_not_take_it(
+    runpod: FakeRunPod, client: Client
+) -> None:
+    runpod.faults["run"] = [(503, {}), (429, {})]
+    assert client.submit({"prompt": "p"}) == "job-1"
+    assert runpod.calls("run") == 3
+    runpod.faults["run"] = [(500, {})]
+    with pytest.raises(ApiError) as caught:
+        client.submit({"prompt": "p"})
+    assert caught.value.status_code == 500 and "HTTP 500" in str(caught.value)
+    runpod.faults["run"] = [DROP]
+    with pytest.raises(ApiError, match="cannot reach"):
+        client.submit({"prompt": "p"})
+    assert runpod.calls("run") == 5 and list(runpod.jobs) == ["job-1"]
+
+
+def test_errors_that_outlast_the_retries_keep_their_status(
+    runpod: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker.client, "RETRY", worker.client.RETRY.new(backoff_factor=0))  # no waiting
+    client = Client(endpoint=runpod.endpoint, api_key=runpod.api_key, base_url=runpod.base_url)
+    job_id = client.submit({"prompt": "p"})
+    runpod.faults["status"] = [(503, {})] * 6
+    with pytest.raises(ApiError) as caught:
+        client.wait(job_id)
+    assert caught.value.status_code == 503 and runpod.status_polls() == 6
 
 
 def test_wrong_key_is_refused_without_echoing_it(runpod: FakeRunPod) -> None:

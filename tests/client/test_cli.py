@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
+import annotated_types
 import pytest
+from pydantic.fields import FieldInfo
 
 from tests.client.fake_runpod import Body, FakeRunPod, completed, failed, progress, queued
 from tests.support.images import image_bytes
-from worker.client.cli import build_parser, job_fields, main, parse_lora
-from worker.schema import FIELD_NAMES, MODEL_FIELD_NAMES
+from worker.client.cli import build_parser, main
+from worker.client.options import OPTION_NAMES, add_job_options, job_fields, parse_lora
+from worker.schema import JobInput, input_json_schema
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42 fake"
 REPO = Path(__file__).resolve().parents[2]
@@ -160,6 +167,7 @@ def test_job_options_map_to_the_contract() -> None:
     )  # fmt: skip
     fields = {k: v for k, v in job_fields(args).items() if v is not None}
     assert fields == {
+        "prompt": "p",
         "negative_prompt": "blur",
         "height": 480,
         "fps": 24.0,
@@ -285,24 +293,126 @@ def test_entry_points(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
 
 
-SET_ONLY = {
-    *MODEL_FIELD_NAMES,
-    "image_url",
-    "image_base64",
-    "image_path",
-    "end_image_url",
-    "end_image_base64",
-    "end_image_path",
+RENAMED = {
+    "context_freenoise": "--no-freenoise",
+    "context_retain_first_frame": "--retain-first-frame",
+    "output": "--output-mode",
+    "lora_pairs": "--lora",
 }
-"""Job fields the CLI sets through --image/--end-image or --set FIELD=VALUE rather than an option of their own."""
+"""Today's option names that are not ``--field-name`` (``--no-field-name`` for a field true by default)."""
+IMAGE_FIELDS = {f"{end}image_{kind}" for end in ("", "end_") for kind in ("url", "base64", "path")}
+"""Set by --image / --end-image, which pick the field from the form of the image."""
+INPUT_FIELDS = {name for name, info in JobInput.model_fields.items() if not info.exclude}
+GENERATE = ["generate", "--url", "http://x", "--image", "a.png", "--prompt", "p", "-o", "o.mp4"]
 
 
-def test_cli_job_options_are_checked_against_the_contract() -> None:
-    """Every option the CLI sends is a job field, and every job field has an option or is reached otherwise:
-    a new field in the contract fails here until the CLI takes a position on it."""
-    args = build_parser().parse_args(
-        ["generate", "--url", "http://x", "--image", "a", "--prompt", "p", "-o", "o"]
+def option_and_value(name: str, info: FieldInfo) -> tuple[list[str], Any]:
+    """The option that sets a field of the contract, given from the field's type, and the value it sends."""
+    option = RENAMED.get(name, "--" + name.replace("_", "-"))
+    kinds = [kind for kind in get_args(info.annotation) or (info.annotation,) if kind is not type(None)]
+    if name == "lora_pairs":
+        return [option, "h.safetensors,l.safetensors"], [{"high": "h.safetensors", "low": "l.safetensors"}]
+    if kinds == [bool]:
+        option = RENAMED.get(name, ("--no-" if info.default else "--") + name.replace("_", "-"))
+        return [option], not info.default
+    if get_origin(info.annotation) is Literal:
+        return [option, kinds[-1]], kinds[-1]
+    value = {int: 7, float: 0.5, str: "text"}[kinds[0]]
+    return [option, str(value)], value
+
+
+def test_every_field_of_the_contract_has_its_option() -> None:
+    """One option per job field, of the field's type: a new field in the contract gets its option, and an option
+    that sends what the contract does not know fails here."""
+    parser = build_parser()
+    sent = job_fields(parser.parse_args(GENERATE))
+    assert set(sent) == INPUT_FIELDS - IMAGE_FIELDS
+    assert {k: v for k, v in sent.items() if v is not None} == {"prompt": "p"}
+    for name in INPUT_FIELDS - IMAGE_FIELDS:
+        option, value = option_and_value(name, JobInput.model_fields[name])
+        assert job_fields(parser.parse_args([*GENERATE, *option]))[name] == value, option
+
+
+def option_help(parser: argparse.ArgumentParser, option: str) -> str:
+    """The help of one option, on one line."""
+    found = re.search(rf"^  {re.escape(option)}\b.*?(?=^  -|\Z)", parser.format_help(), re.M | re.S)
+    assert found, option
+    return " ".join(found.group(0).split())
+
+
+def shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_the_help_tells_the_contracts_description_default_and_bounds() -> None:
+    parser = argparse.ArgumentParser()
+    add_job_options(parser)
+    for name in INPUT_FIELDS - IMAGE_FIELDS - {"lora_pairs"}:
+        info = JobInput.model_fields[name]
+        text = option_help(parser, option_and_value(name, info)[0][0])
+        assert " ".join(str(info.description).split()) in text
+        low = [m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)]
+        high = [m.le for m in info.metadata if isinstance(m, annotated_types.Le)]
+        if low and high:
+            assert f"{shown(low[0])} to {shown(high[0])}" in text, name
+        plain_default = isinstance(info.default, int | float | str) and not isinstance(info.default, bool)
+        if plain_default and info.json_schema_extra is None:
+            assert f"default: {shown(info.default)}" in text, name
+    assert "(at most 4)" in option_help(parser, "--lora")
+    assert "{480p,720p}" in option_help(parser, "--resolution")
+
+
+def test_the_docs_name_the_options_not_named_after_their_field() -> None:
+    docs = (REPO / "docs" / "client.md").read_text()
+    assert all(f"| `{option}" in docs for option in OPTION_NAMES.values())
+
+
+def test_a_new_field_in_the_contract_gets_its_option() -> None:
+    schema = input_json_schema()
+    schema["properties"]["motion"] = {"type": "number", "minimum": 0, "maximum": 2, "default": 1.0}
+    schema["properties"]["motion"]["description"] = "how much  moves"
+    parser = argparse.ArgumentParser()
+    add_job_options(parser, schema)
+    assert job_fields(parser.parse_args(["--prompt", "p", "--motion", "1.5"]))["motion"] == 1.5
+    assert option_help(parser, "--motion") == "--motion X how much moves (default: 1; 0 to 2)"
+
+
+FORBIDDEN = {
+    "worker.handler",
+    "worker.comfy",
+    "worker.models",
+    "worker.config",
+    "runpod",
+    "boto3",
+    "websocket",
+    "huggingface_hub",
+}
+"""What the worker needs and the client does not."""
+
+
+def imported_by(code: str) -> set[str]:
+    """The top modules and ``worker.*`` modules a fresh interpreter has loaded after ``code``."""
+    script = f"import json, sys\n{code}\nprint(json.dumps(sorted(sys.modules)), file=sys.stderr)"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
     )
-    sent = set(job_fields(args)) | {"prompt"}
-    assert sent <= set(FIELD_NAMES), sent - set(FIELD_NAMES)
-    assert set(FIELD_NAMES) - sent == SET_ONLY
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    return {m for m in loaded if m.startswith("worker.")} | {m.split(".")[0] for m in loaded}
+
+
+def test_the_client_imports_nothing_of_the_worker_it_does_not_need() -> None:
+    api = imported_by("import worker.client")
+    assert not api & FORBIDDEN and "rich" not in api and "worker.schema" not in api
+    command = imported_by("from worker.client.__main__ import main\nassert main(['generate', '--help']) == 0")
+    assert not command & FORBIDDEN, command & FORBIDDEN
+    assert {"rich", "worker.schema", "worker.client.cli"} <= command
+
+
+def test_without_the_extra_the_command_says_what_to_install() -> None:
+    script = "import sys, runpy\nsys.modules['rich'] = None\nrunpy.run_module('worker.client', run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", script, "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.startswith("wan-video needs rich") and "pip install 'wan-worker[client]'" in done.stderr
+    )

@@ -1,47 +1,399 @@
-"""A client for wan-worker: RunPod serverless endpoints and the runpod SDK's local API.
+"""The Python API of the wan-worker client: :func:`make_input` builds a job, a :class:`Client` runs it on a RunPod
+endpoint (``POST /run``, ``GET /status`` polled with backoff, the worker's progress in its ``output``, ``POST
+/cancel``) or on the runpod SDK's local API (``POST /run`` stashes the job, ``POST /status`` runs it and answers
+at its end: no progress, no cancel). ``wan-video`` (:mod:`worker.client.cli`) is built on it.
 
->>> from worker.client import Client, make_input
->>> client = Client(endpoint="abc123")  # RUNPOD_API_KEY from the environment
->>> result = client.generate(make_input("a fox running through snow", "start.png", length=49))
->>> client.save_video(result, "fox.mp4"), result.seed
-
-The ``wan-video`` command (``python -m worker.client``) is built on it; see ``docs/client.md``.
+>>> client = Client(endpoint="abc123")  # or Client(url="http://localhost:8000"); RUNPOD_API_KEY from the env
+>>> client.save_video(client.generate(make_input("a fox in the snow", "start.png", length=49)), "fox.mp4")
 """
 
-from .api import (
-    Adjustment,
-    ApiError,
-    Client,
-    ClientError,
-    Interrupted,
-    JobFailed,
-    JobStatus,
-    Progress,
-    UsageError,
-    VideoResult,
-    WaitTimeout,
-    encode_image,
-    image_fields,
-    job_failure,
-    make_input,
-    sniff_mime,
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+DEFAULT_RUNPOD_BASE = "https://api.runpod.ai/v2"
+"""RunPod's serverless API; ``RUNPOD_API_BASE`` or ``base_url=`` point the client elsewhere."""
+CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S, DOWNLOAD_TIMEOUT_S = 10.0, 30.0, 120.0
+RETRY = Retry(5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False)
+"""Polls and downloads (GET): up to 5 more tries, 0, 1, 2, 4, 8 s apart (or as ``Retry-After`` says)."""
+RETRY_UNSENT = RETRY.new(status_forcelist=(429, 503), allowed_methods=None, read=False)
+"""A POST (submit, cancel, the local API's ``/status`` that runs the job) is sent again only when the server
+surely did not take it (no connection, or 429/503), not after a lost answer, lest the job run twice."""
+_MAGIC = re.compile(
+    rb"(?P<png>\x89PNG\r\n\x1a\n)|(?P<jpeg>\xff\xd8\xff)|(?P<gif>GIF8[79]a)|(?P<bmp>BM)|(?P<webp>RIFF.{4}WEBP)",
+    re.S,
 )
 
-__all__ = [
-    "Adjustment",
-    "ApiError",
-    "Client",
-    "ClientError",
-    "Interrupted",
-    "JobFailed",
-    "JobStatus",
-    "Progress",
-    "UsageError",
-    "VideoResult",
-    "WaitTimeout",
-    "encode_image",
-    "image_fields",
-    "job_failure",
-    "make_input",
-    "sniff_mime",
-]
+
+class ClientError(Exception):
+    """Base of every error this client raises."""
+
+
+class UsageError(ClientError, ValueError):
+    """The client was called wrongly: no backend, no API key, an image file that does not exist ..."""
+
+
+class ApiError(ClientError, ConnectionError):
+    """The API could not be reached or answered with an HTTP error (not a failed job)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class WaitTimeout(ClientError, TimeoutError):
+    """The job did not finish within the time the caller was willing to wait."""
+
+
+class Interrupted(ClientError):
+    """Waiting was stopped by the caller (its ``stop`` event was set)."""
+
+
+@dataclass(eq=False)
+class JobFailed(ClientError):
+    """The job ended without a video: it failed, was cancelled or timed out on the endpoint."""
+
+    message: str
+    _: KW_ONLY
+    job_id: str
+    status: str
+    code: str | None = None
+    details: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.message} (code {self.code})" if self.code else self.message
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a job is: ``queued``, ``running``, or the worker's stage (``inputs``, ``models``, ``comfyui``,
+    ``sampling`` with ``step``/``steps``, ``delivering``)."""
+
+    stage: str
+    step: int | None = None
+    steps: int | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        return None if self.step is None or not self.steps else max(0.0, min(1.0, self.step / self.steps))
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One answer of ``/status``; while the job runs, ``output`` holds the worker's progress update."""
+
+    id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+
+    @property
+    def progress(self) -> Progress:
+        out = self.output
+        if self.status == "IN_QUEUE":
+            return Progress("queued")
+        if not isinstance(out, Mapping) or not isinstance(out.get("stage"), str):
+            return Progress("running")
+        return Progress(out["stage"], out.get("step"), out.get("steps"))
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A value the worker changed to one the model can use."""
+
+    field: str
+    requested: Any
+    used: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """A finished job; its video is in ``video_base64`` or behind ``video_url`` (:meth:`Client.video_bytes`)."""
+
+    job_id: str
+    mode: str = ""
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    length: int | None = None
+    fps: float | None = None
+    steps: int | None = None
+    mime_type: str = "video/mp4"
+    size_bytes: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    adjustments: tuple[Adjustment, ...] = ()
+    video_base64: str | None = field(default=None, repr=False)
+    video_url: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_output(cls, job_id: str, output: Mapping[str, Any]) -> VideoResult:
+        """From the worker's result: the fields it has, the video under ``video``."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"job_id", "adjustments", "video_base64"}
+        values = {k: v for k, v in output.items() if k in known and v is not None}
+        adjustments = tuple(
+            Adjustment(a.get("field", ""), a.get("requested"), a.get("used"), a.get("reason", ""))
+            for a in output.get("adjustments") or ()
+        )
+        return cls(job_id, **values, adjustments=adjustments, video_base64=output.get("video"))
+
+
+def job_failure(status: JobStatus) -> JobFailed:
+    """Why a job ended without a video, in plain words. RunPod gives ``error`` and ``output: {"error_code",
+    "details"}``; the local API only ``error``, whose text begins with the code (``"invalid_input: ..."``)."""
+    output = status.output if isinstance(status.output, Mapping) else {}
+    code, details = output.get("error_code") or None, output.get("details") or []
+    endings = {"FAILED": "failed", "CANCELLED": "was cancelled", "TIMED_OUT": "timed out on the endpoint"}
+    message = _plain_error(status.error or output.get("error"))
+    message = message or f"the job {endings.get(status.status, f'ended as {status.status}')}"
+    named = re.match(r"([a-z][a-z0-9_]*): (.*)$", message, re.DOTALL)
+    if named and code in (None, named.group(1)):
+        code, message = named.groups()
+    if code is None and status.status in ("CANCELLED", "TIMED_OUT"):
+        code = status.status.lower()
+    return JobFailed(message, job_id=status.id, status=status.status, code=code, details=details)
+
+
+def _plain_error(error: str | None) -> str | None:
+    """An error text fit to show: the runpod SDK reports an escaped exception as a JSON string."""
+    text = (error or "").strip()
+    try:
+        parsed = json.loads(text) if text.startswith("{") else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, Mapping):
+        return text or None
+    message = parsed.get("error_message") or parsed.get("error") or "unexpected error in the worker"
+    kind = re.search(r"'([\w.]+)'", str(parsed.get("error_type") or ""))
+    return f"{kind.group(1).rsplit('.', 1)[-1]}: {message}" if kind else str(message)
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The image MIME type named by the magic bytes, or None."""
+    return f"image/{found.lastgroup}" if (found := _MAGIC.match(data)) else None
+
+
+def encode_image(data: bytes) -> str:
+    """A ``data:`` URI for an image (raw base64 when the type is unknown: the worker then explains)."""
+    encoded = base64.b64encode(data).decode("ascii")
+    return f"data:{mime};base64,{encoded}" if (mime := sniff_mime(data)) else encoded
+
+
+def is_url(text: str) -> bool:
+    return re.match(r"https?://", text, flags=re.IGNORECASE) is not None
+
+
+def image_fields(source: str | os.PathLike[str], *, end: bool = False) -> dict[str, str]:
+    """The job fields for one image: ``http(s)://`` -> ``*_url``, ``volume:PATH`` -> ``*_path`` (a file on the
+    worker's volume), anything else is a local file sent as a ``data:`` URI in ``*_base64``."""
+    prefix, text = "end_image" if end else "image", os.fspath(source)
+    if is_url(text):
+        return {f"{prefix}_url": text}
+    if text.startswith("volume:"):
+        return {f"{prefix}_path": text[len("volume:") :]}
+    if not Path(text).expanduser().is_file():
+        raise UsageError(f"{text}: no such image file")
+    try:
+        return {f"{prefix}_base64": encode_image(Path(text).expanduser().read_bytes())}
+    except OSError as exc:
+        raise UsageError(f"{text}: cannot read the image ({exc.strerror or exc})") from exc
+
+
+def make_input(prompt: str, image: str | os.PathLike[str], *, end_image: Any = None, **fields: Any) -> Any:
+    """A job ``input``: the prompt, the image(s) and any other field of the job contract (None = default)."""
+    ends = image_fields(end_image, end=True) if end_image is not None else {}
+    return {"prompt": prompt, **image_fields(image), **ends} | {
+        k: v for k, v in fields.items() if v is not None
+    }
+
+
+def _session(retry: Retry, headers: Mapping[str, str]) -> requests.Session:
+    session = requests.Session()
+    session.headers.update(headers)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+class Client:
+    """A client for one backend: a RunPod endpoint (``endpoint=``) or the local API (``url=``)."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        poll_interval: tuple[float, float] = (0.5, 5.0),
+        request_timeout: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        if bool(endpoint) == bool(url):
+            raise UsageError("give either a RunPod endpoint id or the URL of a local API, not both")
+        self.local, headers = bool(url), {}
+        if url:
+            self.base = url.rstrip("/")
+        else:
+            key = api_key or os.environ.get("RUNPOD_API_KEY", "")
+            if not key:
+                raise UsageError("a RunPod endpoint needs an API key: set RUNPOD_API_KEY")
+            root = base_url or os.environ.get("RUNPOD_API_BASE") or DEFAULT_RUNPOD_BASE
+            self.base, headers = f"{root.rstrip('/')}/{endpoint}", {"Authorization": f"Bearer {key}"}
+        self.poll_interval, self.request_timeout = poll_interval, request_timeout
+        self.where = f"local API {self.base}" if url else f"endpoint {self.base}"  # for messages: no API key
+        self.can_cancel = not url  # the local API has no /cancel
+        self._gets, self._posts = _session(RETRY, headers), _session(RETRY_UNSENT, headers)
+        self._downloads = _session(RETRY, {})  # a presigned URL carries its own credentials: no API key there
+
+    def __repr__(self) -> str:
+        return f"Client({self.where!r})"
+
+    def submit(self, job_input: Mapping[str, Any]) -> str:
+        """``POST /run``: the job's id."""
+        job_id = self._call("POST", "/run", {"input": dict(job_input)}).get("id")
+        if not isinstance(job_id, str) or not job_id:
+            raise ApiError(f"{self.where} accepted the job but returned no job id")
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        """``GET /status``; on the local API a POST that runs the job, answered at its end (no read timeout)."""
+        body = self._call("POST" if self.local else "GET", f"/status/{job_id}", forever=self.local)
+        error, state = body.get("error"), str(body.get("status") or "UNKNOWN").upper()
+        error = error if isinstance(error, str) else (json.dumps(error) if error else None)
+        return JobStatus(str(body.get("id") or job_id), state, body.get("output"), error)
+
+    def cancel(self, job_id: str) -> bool:
+        """``POST /cancel``; False when the backend cannot cancel (the local API)."""
+        if self.can_cancel:
+            self._call("POST", f"/cancel/{job_id}")
+        return self.can_cancel
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        timeout: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> VideoResult:
+        """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every
+        ``poll_interval[0]`` s while the progress changes, up to ``poll_interval[1]`` s while it does not, and
+        telling ``on_progress``. ``timeout`` (s) raises :class:`WaitTimeout`; ``stop``, once set,
+        :class:`Interrupted` (the job is not cancelled). The local API's ``/status`` runs on a helper thread."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        stop = stop or threading.Event()
+        fetch = (
+            self._in_background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
+        )
+        (first, longest), interval, last = self.poll_interval, 0.0, None
+        while not stop.is_set():
+            current = fetch()
+            if current is not None and current.done:
+                if current.status != "COMPLETED" or not isinstance(current.output, Mapping):
+                    raise job_failure(current)
+                return VideoResult.from_output(job_id, current.output)
+            progress = current.progress if current else Progress("running")
+            if on_progress:
+                on_progress(progress)
+            interval = first if progress != last or self.local else min(longest, interval * 1.5)
+            last, left = progress, deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"job {job_id} did not finish in time")
+            stop.wait(min(interval, left))
+        raise Interrupted(f"stopped waiting for job {job_id}")
+
+    def generate(self, job_input: Mapping[str, Any], **wait: Any) -> VideoResult:
+        """Submit and wait (``on_progress``, ``timeout``: as :meth:`wait`)."""
+        return self.wait(self.submit(job_input), **wait)
+
+    def video_bytes(self, result: VideoResult) -> bytes:
+        """The MP4: decoded from the result, or downloaded from ``video_url``."""
+        if result.video_base64:
+            try:
+                return base64.b64decode(result.video_base64, validate=True)
+            except ValueError as exc:
+                raise ApiError("the result's video is not valid base64") from exc
+        if not result.video_url:
+            raise ApiError("the result has neither a video nor a video_url")
+        try:
+            response = self._downloads.get(result.video_url, timeout=(CONNECT_TIMEOUT_S, DOWNLOAD_TIMEOUT_S))
+        except requests.RequestException as exc:
+            raise ApiError(f"cannot download the video ({type(exc).__name__})") from exc
+        if (code := response.status_code) >= 400:
+            raise ApiError(f"cannot download the video: HTTP {code}", status_code=code)
+        return response.content
+
+    def save_video(self, result: VideoResult, path: str | os.PathLike[str]) -> Path:
+        """Write the MP4 to ``path`` (atomically: a partial file never takes the final name)."""
+        target, data = Path(path), self.video_bytes(result)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _in_background(self, job_id: str) -> Callable[[], JobStatus | None]:
+        """``status`` on a daemon thread: the answer once there is one (None before), or what it raised."""
+        future: Future[JobStatus] = Future()
+
+        def call() -> None:
+            try:
+                future.set_result(self.status(job_id))
+            except Exception as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=call, name=f"status-{job_id}", daemon=True).start()
+        return lambda: future.result() if future.done() else None
+
+    def _call(self, method: str, path: str, payload: Any = None, forever: bool = False) -> Any:
+        """One API call (``forever``: no read timeout), its JSON object back or a useful :class:`ApiError`."""
+        timeout = (CONNECT_TIMEOUT_S, None if forever else self.request_timeout)
+        try:
+            session = self._gets if method == "GET" else self._posts
+            response = session.request(method, self.base + path, json=payload, timeout=timeout)
+        except requests.Timeout as exc:
+            raise ApiError(f"{self.where} did not answer in time") from exc
+        except requests.RequestException as exc:
+            raise ApiError(f"cannot reach {self.where} ({type(exc).__name__})") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if (code := response.status_code) >= 400:
+            said = body if isinstance(body, dict) else {}
+            hint = said.get("error") or said.get("message") or said.get("detail")
+            problem = f"answered HTTP {code}" + (f": {str(hint)[:200]}" if hint else "")
+            if code in (401, 403) and not self.local:
+                problem = f"refused the API key (HTTP {code}): check RUNPOD_API_KEY"
+            elif code == 404:
+                problem = f"has no {path} (HTTP 404): check the endpoint id or URL"
+            raise ApiError(f"{self.where} {problem}", status_code=code)
+        if not isinstance(body, dict):
+            raise ApiError(f"{self.where} answered with something that is not a JSON object")
+        return body
