@@ -16,6 +16,10 @@ class WorkerError(Exception):
 
     code = "internal_error"
 
+    def __init_subclass__(cls, code: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code or cls.code
+
     def __init__(self, message: str, *, details: list[Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -26,91 +30,61 @@ class WorkerError(Exception):
         return {"error": f"{self.code}: {self.message}", "error_code": self.code, "details": self.details}
 
 
-class InvalidInput(WorkerError, ValueError):
+class InvalidInput(WorkerError, ValueError, code="invalid_input"):
     """The job input breaks the contract: a field is missing, of the wrong type or out of bounds."""
 
-    code = "invalid_input"
 
-
-class UrlNotAllowed(InvalidInput):
+class UrlNotAllowed(InvalidInput, code="url_not_allowed"):
     """A URL was refused by policy: scheme, address, host allow-list, file name or extension."""
 
-    code = "url_not_allowed"
 
-
-class ImageFetchFailed(WorkerError, ConnectionError):
+class ImageFetchFailed(WorkerError, ConnectionError, code="image_fetch_failed"):
     """An input image could not be fetched from its URL."""
 
-    code = "image_fetch_failed"
 
-
-class InvalidImage(InvalidInput):
+class InvalidImage(InvalidInput, code="invalid_image"):
     """Input bytes are not an accepted image, or exceed the size limits."""
 
-    code = "invalid_image"
 
-
-class ModelMissing(WorkerError, FileNotFoundError):
+class ModelMissing(WorkerError, FileNotFoundError, code="model_missing"):
     """A model file named by the job is not on the volume (nor known to ComfyUI)."""
 
-    code = "model_missing"
 
-
-class ModelDownloadFailed(WorkerError, OSError):
+class ModelDownloadFailed(WorkerError, OSError, code="model_download_failed"):
     """A model file could not be downloaded or did not verify."""
 
-    code = "model_download_failed"
 
-
-class ComfyUnavailable(WorkerError, ConnectionError):
+class ComfyUnavailable(WorkerError, ConnectionError, code="comfyui_unavailable"):
     """ComfyUI did not answer: not started in time, crashed, or unreachable."""
 
-    code = "comfyui_unavailable"
 
-
-class ComfyValidationError(WorkerError, ValueError):
+class ComfyValidationError(WorkerError, ValueError, code="comfyui_validation"):
     """ComfyUI refused the graph (``POST /prompt`` answered 400)."""
 
-    code = "comfyui_validation"
 
-
-class ComfyExecutionError(WorkerError, RuntimeError):
+class ComfyExecutionError(WorkerError, RuntimeError, code="comfyui_execution"):
     """ComfyUI accepted the graph but a node failed while running."""
 
-    code = "comfyui_execution"
 
-
-class JobTimeout(WorkerError, TimeoutError):
+class JobTimeout(WorkerError, TimeoutError, code="timeout"):
     """The job passed a deadline: no message from ComfyUI for too long, or the whole job took too long."""
 
-    code = "timeout"
 
-
-class JobCancelled(WorkerError):
+class JobCancelled(WorkerError, code="cancelled"):
     """The job was cancelled; ComfyUI was interrupted."""
 
-    code = "cancelled"
 
-
-class NoOutput(WorkerError, LookupError):
+class NoOutput(WorkerError, LookupError, code="no_output"):
     """ComfyUI finished but produced no video, or the video could not be fetched."""
 
-    code = "no_output"
 
-
-class OutputTooLarge(WorkerError):
+class OutputTooLarge(WorkerError, code="output_too_large"):
     """The video is larger than the inline limit and no bucket is configured."""
 
-    code = "output_too_large"
 
-
-class UploadFailed(WorkerError, ConnectionError):
+class UploadFailed(WorkerError, ConnectionError, code="upload_failed"):
     """The video could not be uploaded to the configured bucket."""
 
-    code = "upload_failed"
 
-
-class InternalError(WorkerError, RuntimeError):
+class InternalError(WorkerError, RuntimeError, code="internal_error"):
     """A fault of the worker itself; the message never carries a traceback."""
-
-    code = "internal_error"
