@@ -260,7 +260,9 @@ REFUSALS: dict[str, Callable[[dict[str, Any]], Any]] = {
 @pytest.fixture(scope="module")
 def emu() -> Iterator[Emulator]:
     with Emulator(models=TRACE_MODELS) as emu:
-        upload(emu.url, "rec_start.png", png(RED)).raise_for_status()
+        recorded = trace("upload_image")["start"]
+        response = upload(emu.url, "rec_start.png", png(RED))
+        assert (response.status_code, response.json()) == (recorded["status"], recorded["body"])
         yield emu
 
 
