@@ -33,6 +33,8 @@ from . import media
 if TYPE_CHECKING:
     from .server import EmulatorCore
 
+SAMPLERS = {"KSamplerAdvanced"}
+
 
 class Interrupted(Exception):
     """The prompt was interrupted (ComfyUI's InterruptProcessingException)."""
@@ -119,18 +121,20 @@ def execution_order(
             stack += links
     order: list[str] = []
     while waits:
-        ready = [n for n, deps in waits.items() if not deps]
 
         def users(node_id: str) -> list[str]:
             return [n for n, deps in waits.items() if node_id in deps]
 
-        node_id = next(
-            (n for n in ready if is_output(n)),
-            next(
-                (n for n in ready if any(map(is_output, users(n)))),
-                next((n for n in ready if any(is_output(u2) for u in users(n) for u2 in users(u))), ready[0]),
-            ),
-        )
+        def rank(
+            node_id: str,
+        ) -> int:  # an output node first, then one that feeds one, then one two links away
+            if is_output(node_id):
+                return 0
+            if any(map(is_output, users(node_id))):
+                return 1
+            return 2 if any(is_output(u2) for u in users(node_id) for u2 in users(u)) else 3
+
+        node_id = min((n for n, deps in waits.items() if not deps), key=rank)  # the first of the best
         order.append(node_id)
         del waits[node_id]
         for deps in waits.values():
@@ -211,7 +215,6 @@ class Executor:
         graph, pid = prompt.graph, prompt.prompt_id
         await self.add_message("execution_start", {"prompt_id": pid})
         if self.faults.get("hang"):
-            prompt.record["hung"] = True
             await core.interrupted.wait()
 
         keys = cache_keys(graph, core.dirs["input"])
@@ -339,6 +342,3 @@ class Executor:
         )
         self.core.stats["outputs"].append(os.path.join(subfolder, name))
         return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
-
-
-SAMPLERS = {"KSamplerAdvanced"}
