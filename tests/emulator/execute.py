@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
 from . import media
 
 if TYPE_CHECKING:
@@ -53,8 +55,8 @@ class Latent:
     width: int
     height: int
     frames: int
-    start: media.Image.Image | None = None
-    end: media.Image.Image | None = None
+    start: Image.Image | None = None
+    end: Image.Image | None = None
 
 
 @dataclass
@@ -300,9 +302,9 @@ class Executor:
             path = _input_path(core.dirs["input"], node)
             return (await asyncio.to_thread(media.load_image, path), None), None
         if class_type in ("WanImageToVideo", "WanFirstLastFrameToVideo"):
-            frames = ((int(args["length"]) - 1) // 4) * 4 + 1
+            count = ((int(args["length"]) - 1) // 4) * 4 + 1
             size = (int(args["width"]) // 8) * 8, (int(args["height"]) // 8) * 8
-            latent = Latent(*size, frames, args.get("start_image"), args.get("end_image"))
+            latent = Latent(*size, count, args.get("start_image"), args.get("end_image"))
             return (args["positive"], args["negative"], latent), None
         if class_type in SAMPLERS:
             total = max(0, min(int(args["end_at_step"]), int(args["steps"])) - int(args["start_at_step"]))

@@ -9,6 +9,7 @@ import functools
 import itertools
 import struct
 from fractions import Fraction
+from typing import Any
 
 from PIL import Image
 
@@ -70,9 +71,9 @@ def write_mp4(
     options = {"preset": "ultrafast"} if encoder == "libx264" else {}
     if crf is not None and encoder == "libx264":
         options["crf"] = str(crf)
-    planes: dict[int, object] = {}
+    planes: dict[int, Any] = {}
     with av.open(path, mode="w") as out:
-        stream = out.add_stream(encoder, rate=Fraction(round(fps * 1000), 1000), options=options)
+        stream: Any = out.add_stream(encoder, rate=Fraction(round(fps * 1000), 1000), options=options)
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
         for img in frames:

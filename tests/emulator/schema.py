@@ -108,7 +108,7 @@ class ModelFiles:
             self.model_dirs = {}
             for folder, dirs in model_dirs.items():
                 dirs = [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs
-                self.model_dirs.setdefault(canonical_folder(folder), []).extend(map(os.fspath, dirs))
+                self.model_dirs.setdefault(canonical_folder(folder), []).extend(os.fspath(d) for d in dirs)
 
     def list(self, folder: str) -> list[str]:
         """Sorted file names in ``folder`` (paths relative to a scanned directory use ``/``)."""

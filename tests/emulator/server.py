@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -28,6 +28,7 @@ from .schema import MODEL_COMBOS, MODEL_FOLDERS, Definitions, Files, ModelFiles,
 from .validate import validate_prompt
 
 log = logging.getLogger("comfy_emulator")
+T = TypeVar("T")
 
 COMFYUI_VERSION = "0.33.0"
 MAX_UPLOAD_SIZE = 100 * 1024 * 1024
@@ -134,7 +135,7 @@ class EmulatorCore:
         self.interrupted = asyncio.Event()
         self.executor = Executor(self)
         self.sockets: dict[str, web.WebSocketResponse] = {}
-        self.transports: dict[str, asyncio.BaseTransport | None] = {}
+        self.transports: dict[str, asyncio.Transport | None] = {}
         self.crashed = False
         self.url = ""
         self.stats: dict[str, Any] = {
@@ -642,10 +643,10 @@ class Emulator:
     def ws_url(self, client_id: str) -> str:
         return f"ws{self.url[4:]}/ws?clientId={client_id}"
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[], T]) -> T:
         assert self._loop is not None, "emulator not running"
 
-        async def run() -> Any:
+        async def run() -> T:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)

@@ -125,7 +125,7 @@ class HttpServer:
         self.stopped = threading.Event()
         self._httpd = ThreadingHTTPServer((host, port), _handler(self))
         self._httpd.daemon_threads = True
-        self._httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        self._httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
