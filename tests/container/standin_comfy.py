@@ -16,13 +16,14 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script, in an isolated interpreter
+from tests.support.httpserver import HttpServer, Request, Route, json_route
 
 
 class Recorder:
@@ -53,29 +54,24 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def serve(args: argparse.Namespace, record: Recorder) -> None:
+    server = HttpServer(args.listen, args.port)
     answered = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path not in ("/", "/system_stats"):
-                self.send_error(404)
-                return
-            body = json.dumps({"system": {"comfyui_version": "stand-in"}, "devices": []}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not answered.is_set():
-                answered.set()
-                record("answered")
-            self.wfile.write(body)
+    def system_stats(request: Request) -> Route:
+        if not answered.is_set():
+            answered.set()
+            record("answered")
+        return json_route({"system": {"comfyui_version": "stand-in"}, "devices": []})
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def never(request: Request) -> Route:
+        server.stopped.wait()
+        return Route(503)
 
-    server = ThreadingHTTPServer((args.listen, args.port), Handler)
-    server.daemon_threads = True
-    record("listening", port=server.server_address[1])
+    if args.mode == "hang":
+        server.routes["/*"] = never
+    else:
+        server.routes["/"] = server.routes["/system_stats"] = system_stats
+    record("listening", port=server.port)
     if args.mode == "die":
 
         def die() -> None:
@@ -87,19 +83,8 @@ def serve(args: argparse.Namespace, record: Recorder) -> None:
             os._exit(args.exit_code)
 
         threading.Thread(target=die, daemon=True).start()
-    server.serve_forever(poll_interval=0.05)
-
-
-def hang(args: argparse.Namespace, record: Recorder) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.listen, args.port))
-    sock.listen(64)
-    record("listening", port=sock.getsockname()[1])
-    held = []
-    while True:  # accept and hold every connection, never answering
-        conn, _ = sock.accept()
-        held.append(conn)
+    server.start()
+    server.stopped.wait()
 
 
 def process_start_time() -> float | None:
@@ -125,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "exit":
         record("exit", code=args.exit_code)
         return args.exit_code
-    if args.mode == "hang":
-        hang(args, record)
-    else:
-        serve(args, record)
+    serve(args, record)
     return 0
 
 

@@ -61,7 +61,7 @@ def test_start_sh_ensures_models_starts_comfy_and_runs_the_test_job(harness: Har
             timeout=100,
             cwd=work,
             PYTHONPATH=f"{REPO}:{REPO / 'src'}",
-            COMFY_CMD=f"{sys.executable} -m tests.emulator --no-default-models --output-dir {emulator_log}",
+            COMFY_CMD=f"{sys.executable} -m tests.emulator --no-default-models --output-directory {emulator_log}",
             COMFY_EXTRA_ARGS=model_dirs,
             WORKER_CMD=f"{sys.executable} -m worker",
             EXTRA_MODEL_PATHS=str(REPO / "extra_model_paths.yaml"),

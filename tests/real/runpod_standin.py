@@ -9,18 +9,16 @@ job, see it taken, cancel it and read what the worker posted.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from tests.support.httpserver import HttpServer, Request, Route, json_route
 from tests.support.worker_proc import WorkerProcess
 
 from .comfyui_server import die_with_parent
@@ -39,18 +37,23 @@ class RunpodStandin:
         self.pings = 0
         self.take_polls = 0
         self._done = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="runpod-standin", daemon=True)
+        self._server = HttpServer()
+        self._server.routes.update(
+            {
+                "/job-take/*": self._take,
+                "/job-stop/*": self._stop,
+                "/ping/*": self._ping,
+                "/job-done/*": self._job_done,
+            }
+        )
+        self.url = self._server.url()
 
     def __enter__(self) -> RunpodStandin:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
     def worker_env(self) -> dict[str, str]:
         """The environment a worker on RunPod gets, pointed at this server."""
@@ -88,66 +91,43 @@ class RunpodStandin:
             return self.results[job_id]
 
     # ------------------------------------------------------------------ server side
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        standin = self
+    def _take(self, request: Request) -> Route:
+        """A long poll for the next job."""
+        self.take_polls += 1
+        try:
+            job = self.jobs.get(timeout=LONG_POLL_S)
+        except queue.Empty:
+            return Route(204)
+        self.taken[job["id"]] = time.monotonic()
+        return json_route(job)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+    def _stop(self, request: Request) -> Route:
+        """A long poll for the ids of jobs to stop."""
+        try:
+            return json_route({"jobsToStop": [self.stops.get(timeout=LONG_POLL_S)]})
+        except queue.Empty:
+            return Route(204)
 
-            def _reply(self, status: int, body: Any = None) -> None:
-                data = b"" if body is None else json.dumps(body).encode()
-                self.send_response(status)
-                if body is not None:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def _ping(self, request: Request) -> Route:
+        self.pings += 1
+        return json_route({})
 
-            def do_GET(self) -> None:
-                kind = urlsplit(self.path).path.strip("/").split("/", 1)[0]
-                if kind == "job-take":
-                    standin.take_polls += 1
-                    try:
-                        job = standin.jobs.get(timeout=LONG_POLL_S)
-                    except queue.Empty:
-                        self._reply(204)
-                        return
-                    standin.taken[job["id"]] = time.monotonic()
-                    self._reply(200, job)
-                elif kind == "job-stop":
-                    try:
-                        ids = [standin.stops.get(timeout=LONG_POLL_S)]
-                    except queue.Empty:
-                        self._reply(204)
-                        return
-                    self._reply(200, {"jobsToStop": ids})
-                elif kind == "ping":
-                    standin.pings += 1
-                    self._reply(200, {})
-                else:
-                    self._reply(404, {"error": f"no route {self.path}"})
-
-            def do_POST(self) -> None:
-                parts = urlsplit(self.path).path.strip("/").split("/")
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                if parts[0] == "job-done" and len(parts) == 3:
-                    try:
-                        body = json.loads(raw or b"{}")
-                    except ValueError:
-                        body = {"unparsed": raw.decode(errors="replace")}
-                    with standin._done:
-                        if isinstance(body, dict) and body.get("status") == "IN_PROGRESS":
-                            standin.progress.setdefault(parts[2], []).append(body)  # progress_update
-                        else:
-                            standin.results[parts[2]] = body
-                        standin._done.notify_all()
-                    self._reply(200, {})
-                else:
-                    self._reply(404, {"error": f"no route {self.path}"})
-
-        return Handler
+    def _job_done(self, request: Request) -> Route:
+        """``/job-done/<worker>/<job id>``: a result, or (``IN_PROGRESS``) a progress update."""
+        parts = request.path.strip("/").split("/")
+        if request.method != "POST" or len(parts) != 3:
+            return json_route({"error": f"no route {request.method} {request.path}"}, 404)
+        try:
+            body = request.json()
+        except ValueError:
+            body = {"unparsed": request.body.decode(errors="replace")}
+        with self._done:
+            if isinstance(body, dict) and body.get("status") == "IN_PROGRESS":
+                self.progress.setdefault(parts[2], []).append(body)
+            else:
+                self.results[parts[2]] = body
+            self._done.notify_all()
+        return json_route({})
 
 
 class ProductionWorker(WorkerProcess):

@@ -302,6 +302,8 @@ def broken(base: graph.Graph, change: str) -> graph.Graph:
     return prompt
 
 
+# Each broken case is one the emulator still judges (tests/emulator/validate.py); beyond these, the real ComfyUI
+# alone judges graphs.
 PARITY_CASES = (
     "good",
     "unknown_class",

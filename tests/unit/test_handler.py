@@ -166,17 +166,17 @@ def test_unexpected_failure_is_an_internal_error_without_traceback(
 def test_a_model_the_policy_refuses_is_refused_before_any_work(
     emulator: Emulator, settings: Settings, fields: dict[str, Any], field: str, words: str
 ) -> None:
-    from tests.support.httpserver import LocalServer, Route
+    from tests.support.httpserver import HttpServer, Route
 
     before = emulator.state()
-    with LocalServer() as images:
+    with HttpServer() as images:
         images.routes["/start.png"] = Route(body=image_bytes(), headers={"Content-Type": "image/png"})
         allowed = settings.model_copy(update={"allow_private_urls": True})
         body = job(**fields)
         del body["input"]["image_base64"]
         body["input"]["image_url"] = images.url("/start.png")
         result = asyncio.run(handle_job(body, allowed))
-        assert images.requests == []
+        assert images.hits() == []
     assert result["error_code"] in ("invalid_input", "url_not_allowed"), result
     assert field in result["error"] and words in result["error"], result
     after = emulator.state()

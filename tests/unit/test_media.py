@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.httpserver import LocalServer, Route, stub_resolver
+from tests.support.httpserver import HttpServer, Route, stub_resolver
 from tests.support.images import (
     animated_gif,
     animated_png,
@@ -139,7 +139,7 @@ def test_volume_file_over_the_cap(tmp_path: Path) -> None:
 
 def test_fetch_url_from_a_local_server() -> None:
     png = image_bytes()
-    with LocalServer() as srv:
+    with HttpServer() as srv:
         srv.routes["/a.png"] = Route(body=png, headers={"Content-Type": "image/png"})
         srv.routes["/moved"] = Route(status=302, headers={"Location": "/a.png"})
         srv.routes["/missing"] = Route(status=404)
@@ -151,7 +151,7 @@ def test_fetch_url_from_a_local_server() -> None:
 
 
 def test_fetch_url_size_caps() -> None:
-    with LocalServer() as srv:
+    with HttpServer() as srv:
         srv.routes["/declared"] = Route(body=b"x" * 4096)
         srv.routes["/undeclared"] = Route(body=b"x" * 4096, headers={"Content-Length": "100"})
         small = ImageLimits(max_bytes=1024, max_pixels=10**6, allow_private_urls=True)
@@ -160,7 +160,7 @@ def test_fetch_url_size_caps() -> None:
 
 
 def test_fetch_url_drip_hits_the_deadline() -> None:
-    with LocalServer() as srv:
+    with HttpServer() as srv:
         srv.routes["/drip"] = Route(body=b"x" * 100, drip_delay_s=0.2)
         limits = ImageLimits(
             max_bytes=MB, max_pixels=10**6, allow_private_urls=True, read_timeout_s=5, deadline_s=0.5
@@ -170,7 +170,7 @@ def test_fetch_url_drip_hits_the_deadline() -> None:
 
 
 def test_unreachable_url_is_a_fetch_error() -> None:
-    with LocalServer() as srv:
+    with HttpServer() as srv:
         url = srv.url("/a.png")
     with pytest.raises(ImageFetchFailed, match="could not fetch"):
         fetch_url(url, field="image_url", limits=LIMITS)
@@ -211,7 +211,7 @@ def test_other_schemes_are_refused(url: str) -> None:
 
 
 def test_redirect_to_a_private_address_is_refused() -> None:
-    with LocalServer() as srv:
+    with HttpServer() as srv:
         srv.routes["/hop"] = Route(status=302, headers={"Location": "http://internal.test/secret"})
         resolver = stub_resolver({"public.test": "93.184.216.34", "internal.test": "10.0.0.5"})
         url = f"http://public.test:{srv.port}/hop"
@@ -219,17 +219,17 @@ def test_redirect_to_a_private_address_is_refused() -> None:
         session.get = _routed(session.get, "public.test", "127.0.0.1")  # type: ignore[method-assign]
         with pytest.raises(UrlNotAllowed, match=r"internal.test.*non-public"):
             fetch_url(url, field="image_url", limits=PRIVATE, session=session, resolver=resolver)
-        assert [path for path, _ in srv.requests] == ["/hop"]
+        assert [hit.path for hit in srv.hits()] == ["/hop"]
 
 
 def test_connection_to_a_private_peer_is_refused_after_dns() -> None:
     """A name that passes the DNS check but connects to a private address (DNS rebinding)."""
-    with LocalServer() as srv:
+    with HttpServer() as srv:
         srv.routes["/a.png"] = Route(body=image_bytes())
         resolver = stub_resolver({"127.0.0.1": "93.184.216.34"})  # the check is fooled, the socket is not
         with pytest.raises(UrlNotAllowed, match="non-public"):
             fetch_url(srv.url("/a.png"), field="image_url", limits=PRIVATE, resolver=resolver)
-        assert srv.requests == []
+        assert srv.hits() == []
 
 
 def _routed(get, name: str, address: str):  # type: ignore[no-untyped-def]
