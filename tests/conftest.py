@@ -55,6 +55,7 @@ LONGEST_FIRST = (
     "tests/e2e/",
     "tests/container/test_start_sh_e2e.py",
     "tests/client/test_local_api.py",
+    "tests/faults/test_production_cancel.py",
 )
 """Files that take the longest, started first so that the rest of the suite fills in around them."""
 
