@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.worker_proc import LocalApi
 
-from .comfy_env import ComfyEnv, SetupError, ensure_env
+from .comfy_env import ComfyEnv, Pins, SetupError, ensure_env, ensure_source, pins_from_dockerfile
 from .comfyui_server import RealComfyUI
 from .tiny_models import ensure_volume, make_validation_files
 
@@ -30,14 +30,29 @@ def _setup(step: str, action):  # type: ignore[no-untyped-def]
     try:
         result = action()
     except SetupError as exc:
-        pytest.fail(f"real ComfyUI setup failed while {step}: {exc}", pytrace=False)
-    _timings[step] = round(time.monotonic() - started, 1)
-    return result
+        failure = str(exc)
+    else:
+        _timings[step] = round(time.monotonic() - started, 1)
+        return result
+    pytest.fail(f"real ComfyUI setup failed while {step}: {failure}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def comfy_env() -> ComfyEnv:
-    env: ComfyEnv = _setup("building ComfyUI's environment", ensure_env)
+def pins() -> Pins:
+    found: Pins = _setup("reading the Dockerfile's pins", pins_from_dockerfile)
+    return found
+
+
+@pytest.fixture(scope="session")
+def comfy_source(pins: Pins) -> Path:
+    """ComfyUI's source, checked against the pinned digest (from the shared copy, or downloaded)."""
+    source: Path = _setup("getting ComfyUI's source", lambda: ensure_source(pins))
+    return source
+
+
+@pytest.fixture(scope="session")
+def comfy_env(pins: Pins, comfy_source: Path) -> ComfyEnv:
+    env: ComfyEnv = _setup("building ComfyUI's environment", lambda: ensure_env(pins, comfy_source))
     return env
 
 

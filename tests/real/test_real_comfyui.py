@@ -40,8 +40,7 @@ from .comfy_env import (
     build_once,
     pins_from_dockerfile,
     read_pins,
-    tarball_for,
-    tarball_version,
+    source_version,
     without_torch,
 )
 from .comfyui_server import CACHE_MODE, RealComfyUI, describe_refusal
@@ -76,12 +75,12 @@ def job(**fields: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- the pins
-def test_dockerfile_pins_the_comfyui_and_torch_the_tests_run() -> None:
+def test_dockerfile_pins_the_comfyui_and_torch_the_tests_run(comfy_source: Path) -> None:
     found = read_pins((REPO / "Dockerfile").read_text(encoding="utf-8"))
     assert {"COMFYUI_VERSION", "COMFYUI_COMMIT", "TORCH_VERSION", "TORCHVISION_VERSION"} <= set(found), found
     assert re.fullmatch(r"[0-9a-f]{40}", found["COMFYUI_COMMIT"]), found["COMFYUI_COMMIT"]
-    pins = pins_from_dockerfile()
-    assert "v" + tarball_version(tarball_for(pins)) == pins.comfyui_version
+    assert re.fullmatch(r"[0-9a-f]{64}", found["COMFYUI_SOURCE_DIGEST"]), found["COMFYUI_SOURCE_DIGEST"]
+    assert "v" + source_version(comfy_source) == pins_from_dockerfile().comfyui_version
 
 
 def test_comfyui_runs_in_the_cache_mode_the_image_uses() -> None:
