@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.installed import Installed, install, installed_env
 from tests.support.worker_proc import LocalApi
 
 from .comfy_env import ComfyEnv, Pins, SetupError, ensure_env, ensure_source, pins_from_dockerfile
@@ -83,6 +84,26 @@ def local_api(comfyui: RealComfyUI, tmp_path_factory: pytest.TempPathFactory) ->
     logs = tmp_path_factory.mktemp("worker")
     _logs["worker (local API)"] = logs / "worker.log"
     server = LocalApi(comfyui.worker_env(), cwd=logs, log_path=logs / "worker.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def installed_worker(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The worker as ``pip install .`` leaves it: a wheel, installed (not editable) into a fresh virtualenv."""
+    return install(tmp_path_factory.mktemp("installed"))
+
+
+@pytest.fixture(scope="session")
+def installed_api(
+    comfyui: RealComfyUI, installed_worker: Installed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalApi]:
+    """That install's ``python -m worker --rp_serve_api``, started from a folder outside the checkout with no
+    ``PYTHONPATH``, against the real ComfyUI (``cwd``: that folder)."""
+    logs = tmp_path_factory.mktemp("installed-worker")
+    _logs["installed worker (local API)"] = logs / "worker.log"
+    env = installed_env(comfyui.worker_env())
+    server = LocalApi(env, cwd=logs, log_path=logs / "worker.log", python=installed_worker.python)
     yield server
     server.stop()
 

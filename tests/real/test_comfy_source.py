@@ -157,6 +157,7 @@ def test_an_unreachable_or_missing_source_fails_at_the_download(
         (b"not a tarball", " failed: file could not be opened"),
         (tarball(FILES, top=""), ": expected one top folder, found comfy, comfyui_version.py, main.py"),
     ],
+    ids=["not-a-tarball", "no-top-folder"],
 )
 def test_an_archive_that_is_not_one_source_folder_fails_at_the_unpacking(
     cache: Path, digest: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch, body: bytes, problem: str

@@ -29,6 +29,7 @@ import requests
 
 from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
+from tests.support.installed import Installed
 from tests.support.video import probe_b64
 from tests.support.worker_proc import LocalApi
 from worker import graph, roles
@@ -524,3 +525,17 @@ def test_twenty_jobs_in_a_row(local_api: LocalApi) -> None:
         assert body["status"] == "COMPLETED", f"job {index + 1} of 20: {body}"
         check_video(body["output"], frames=9)
     print(f"twenty jobs: {seconds} s")
+
+
+# --------------------------------------------------------------------------------------------- an installed worker
+def test_a_non_editable_install_runs_a_real_job(installed_worker: Installed, installed_api: LocalApi) -> None:
+    """``pip install .`` (a wheel, not editable) in a fresh virtualenv, run from outside the checkout: the
+    install's own copy of the worker binds its own workflows, and the real ComfyUI runs the job to an MP4."""
+    site = installed_worker.site_packages()
+    worker_cwd = installed_api.log_path.parent
+    assert installed_worker.worker_file(worker_cwd) == site / "worker" / "__init__.py", (
+        "the install's copy runs"
+    )
+    body = installed_api.runsync(job(seed=21), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    check_video(body["output"], frames=9)
