@@ -2,12 +2,15 @@
 fresh virtualenv.
 
 Nothing is downloaded: the wheel is built with this environment's setuptools (``--no-build-isolation``), and
-the virtualenv sees this environment's packages (``--system-site-packages``) for the worker's dependencies. The
-build runs on a copy of what it reads, so the checkout gets no ``build/`` or ``*.egg-info``.
+the virtualenv borrows this environment's packages for the worker's dependencies (and pip). It borrows them
+through a ``.pth`` line naming this environment's site-packages, after its own, rather than with
+``--system-site-packages``: that option lends the base interpreter's packages, which lack the dependencies when
+the tests run in a virtualenv of their own, and it runs the base's ``.pth`` files, among them a development
+install's, which puts a checkout's ``src`` on the path. The build runs on a copy of what it reads, so the
+checkout gets no ``build/`` or ``*.egg-info``.
 
-Two things could make a test import the checkout's ``worker`` instead of the installed one: ``PYTHONPATH``
-(dropped from :func:`installed_env`), and a development install of the checkout in the system site-packages,
-whose path comes after the virtualenv's own site-packages; :meth:`Installed.worker_file` says which one runs.
+``PYTHONPATH`` would also put a checkout first: :func:`installed_env` drops it. :meth:`Installed.worker_file`
+says which ``worker`` an install's Python imports.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,7 +69,7 @@ def installed_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def _run(command: list[str], cwd: Path) -> None:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=cwd, env=installed_env(), capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
 
@@ -91,8 +95,13 @@ def install(work: Path) -> Installed:
     """Build the wheel and install it, with no dependencies and not editable, into ``work/venv``."""
     wheel = build_wheel(work)
     venv = work / "venv"
-    # No pip of its own: the system site-packages lend it theirs, which installs into the running virtualenv.
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], cwd=work)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=work)
+    installed = Installed(wheel=wheel, venv=venv)
+    ours = dict.fromkeys(sysconfig.get_paths()[kind] for kind in ("purelib", "platlib"))
+    (installed.site_packages() / "borrowed-site-packages.pth").write_text(
+        "\n".join(ours) + "\n", encoding="utf-8"
+    )
+    # No pip of its own: this environment's, borrowed, installs into the virtualenv that runs it.
+    pip = [str(installed.python), "-m", "pip", "--disable-pip-version-check", "--no-input"]
     _run([*pip, "install", "--no-deps", "--no-build-isolation", "--no-index", str(wheel)], cwd=work)
-    return Installed(wheel=wheel, venv=venv)
+    return installed
