@@ -154,7 +154,7 @@ def tree_digest(root: Path, excluded: tuple[str, ...] = DIGEST_EXCLUDED) -> str:
     """The sha256 of ``sha256sum``'s lines (``<sha256 of the file>  <path>``) for the regular files under
     ``root``, by their path relative to it, sorted bytewise; folders, symlinks and ``excluded`` do not count.
     Any copy of the same files has the same digest, whatever its archive's format, order, times or top folder.
-    The same in a shell, in the source folder (the Dockerfile's ARG COMFYUI_SOURCE_DIGEST says so too)::
+    The same in a shell, in the source folder::
 
         find . -type f ! -path ./comfy/text_encoders/llama_tokenizer/tokenizer.json \\
             ! -path ./comfy/text_encoders/qwen35_tokenizer/vocab.json -printf '%P\\n' \\
