@@ -11,7 +11,11 @@
 #   environment from the ARG lines below (one per line: they are parsed), and tests/container checks that they
 #   name the commit of the source kept for the tests. It has ComfyUI pull request #10975 (context windows slice
 #   Wan I2V's image conditioning; first released in v0.4.0), without which a long video fails at its first
-#   sampler. The build checks that the tag still names that commit.
+#   sampler. The build checks that the tag still names that commit. The tests take the source from the shared
+#   folder or GitHub's archive of the commit and run it only when its files have the digest
+#   COMFYUI_SOURCE_DIGEST: the sha256 of `sha256sum`'s lines for every regular file, by path sorted bytewise,
+#   less two tokenizer files of other model families that the shared copy lacks (tests/real/comfy_env.py,
+#   tree_digest, which gives the same in a shell).
 # - PyTorch 2.14.1 and torchvision 0.29.1 from PyPI. ComfyUI v0.33.0 asks for a CUDA 13 build of PyTorch on every
 #   NVIDIA GPU from the 20 series on, and PyPI's torch 2.14.1 for Linux is that build (cu130, with Triton 3.8.0
 #   and CUDA 13.0.3 libraries as nvidia-* wheels): the very wheels the tests run on CPU. It covers every GPU
@@ -97,6 +101,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVI
 # versions installed above.
 ARG COMFYUI_VERSION=v0.33.0
 ARG COMFYUI_COMMIT=2f35f4a08176d993cded35dac3332be4f7287f41
+ARG COMFYUI_SOURCE_DIGEST=3118dc2f9c786dc152b888ba679f63050d60281d26883550065de156cb5c60a4
 RUN git clone --depth 1 --branch "$COMFYUI_VERSION" https://github.com/Comfy-Org/ComfyUI.git /opt/ComfyUI \
     && test "$(git -C /opt/ComfyUI rev-parse HEAD)" = "$COMFYUI_COMMIT" \
     && rm -rf /opt/ComfyUI/.git \

@@ -1,14 +1,5 @@
-"""``python -m worker``: the RunPod worker, plus the ``schema``, ``models`` and ``settings`` commands.
-
-- ``python -m worker [runpod flags]`` starts the worker; runpod's own flags pass through
-  (``--rp_serve_api``, ``--rp_api_host``, ``--rp_api_port``, ``--test_input``, ``--rp_log_level`` ...). With no
-  RunPod job API in the environment and a ``test_input.json`` in the current folder, it runs that one job and
-  exits 0 on success, 1 on failure.
-- ``python -m worker schema`` prints the JSON schema of a job's ``input`` (``--markdown``: the README's tables).
-- ``python -m worker models ensure|status|verify`` manages the model files on the volume.
-- ``python -m worker settings [--write]`` prints (or writes into README.md and .runpod/hub.json) the settings'
-  documentation, generated from :mod:`worker.config`.
-"""
+"""``python -m worker``: the RunPod worker, and its ``schema``, ``models`` and ``settings`` commands
+(:data:`USAGE`, which ``--help`` prints)."""
 
 from __future__ import annotations
 
@@ -28,8 +19,36 @@ def _quiet_sdk_logs(args: list[str]) -> None:
     os.environ["RUNPOD_LOG_LEVEL"] = "WARN" if local_test else "INFO"
 
 
+USAGE = """\
+usage: python -m worker [runpod flags]      (or: wan-worker ...)
+       python -m worker schema [--markdown]
+       python -m worker models {ensure,status,verify} [NAME ...]
+       python -m worker settings [--write]
+
+With no command, the RunPod worker starts and takes jobs from RunPod's job API. runpod's own flags pass
+through, among them:
+  --rp_serve_api             serve RunPod's local API (/run, /runsync, /status, /docs) instead, on
+                             --rp_api_host and --rp_api_port
+  --test_input JSON          run this one job, then exit
+  --rp_log_level LEVEL       ERROR, WARN, INFO or DEBUG: the runpod SDK's log level
+With no RunPod job API in the environment and a test_input.json in the current folder, it runs that one job
+and exits 0 on success, 1 on failure.
+
+commands:
+  schema      print the JSON schema of a job's input (--markdown: the README's tables)
+  models      the default model files on the volume: ensure, status, verify (models --help)
+  settings    print the settings' documentation (--write: into README.md and .runpod/hub.json)
+
+The settings are environment variables (README.md, "Settings"). -h, --help: this text.
+"""
+COMMANDS = ("schema", "models", "settings")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if (args[0] if args else "") not in COMMANDS and {"-h", "--help"} & set(args):
+        print(USAGE, end="")  # answered before anything imports runpod
+        return 0
     if args == ["schema", "--markdown"]:
         from .inputdoc import input_tables
 

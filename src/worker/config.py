@@ -18,7 +18,15 @@ from pydantic import AliasChoices, AliasGenerator, BeforeValidator, Field, Valid
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-REPO = Path(__file__).resolve().parents[2]  # the repository, or /app in the image
+REPO = Path(__file__).resolve().parents[2]  # the repository, or /app in the image (not an installed package)
+
+
+def default_workflows_dir() -> Path:
+    """``worker/workflows`` in an installed package (a wheel maps the repository's top-level ``workflows/``
+    there: pyproject.toml), else the repository's ``workflows/`` (a checkout, or ``/app`` in the image)."""
+    packaged = Path(__file__).resolve().parent / "workflows"
+    return packaged if packaged.is_dir() else REPO / "workflows"
+
 
 DEFAULT_ALLOWED_MODEL_HOSTS = (
     "huggingface.co",
@@ -85,8 +93,9 @@ class Settings(BaseSettings):
     volume_root: Path = setting(Path("/runpod-volume"), "Volume root")
     """Where the network volume is mounted: models under `models/` (diffusion models), `loras/`,
     `text_encoders/`, `vae/`, `clip_vision/`, or ComfyUI's `models/<kind>/` layout."""
-    workflows_dir: Path = setting(REPO / "workflows", "Workflows folder", image="/app/workflows")
-    """Where the graph templates (`wan22_i2v.json`, `wan22_flf2v.json`) are."""
+    workflows_dir: Path = setting(default_workflows_dir(), "Workflows folder", image="/app/workflows")
+    """Where the graph templates (`wan22_i2v.json`, `wan22_flf2v.json`) are; an installed package carries its
+    own copy, used by default."""
     comfy_input_dir: Path | None = setting(None, "ComfyUI input folder", image="/opt/ComfyUI/input")
     """ComfyUI's input folder; when set, each job's uploads there are deleted after the job."""
     comfy_output_dir: Path | None = setting(None, "ComfyUI output folder", image="/opt/ComfyUI/output")

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,15 +34,6 @@ def shared_comfyui() -> Path:
     return (Path(base) if base else REPO.parent / "shared") / "comfyui"
 
 
-def need_shared(path: Path) -> Path:
-    """``path`` inside the shared folder; CI always has it beside the checkout, elsewhere its absence skips."""
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{path} is missing: CI runs with the shared folder beside the checkout")
-        pytest.skip(f"{path} is missing (set WAN_WORKER_SHARED to the shared folder)")
-    return path
-
-
 def comfyui_version() -> str:
     """The Dockerfile's ``ARG COMFYUI_VERSION``: the ComfyUI the image ships."""
     match = re.search(r"^ARG COMFYUI_VERSION=(\S+)$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
@@ -52,16 +42,17 @@ def comfyui_version() -> str:
 
 
 def comfyui_source_text(relative: str) -> str:
-    """A file of the shipped ComfyUI's source (e.g. ``comfy/cli_args.py``), read from the shared tarball."""
-    tarball = need_shared(shared_comfyui() / f"ComfyUI-{comfyui_version()}.tar.gz")
-    with tarfile.open(tarball) as archive:
-        for member in archive:
-            _, _, rest = member.name.partition("/")
-            if rest == relative and member.isfile():
-                handle = archive.extractfile(member)
-                assert handle is not None
-                return handle.read().decode("utf-8")
-    raise AssertionError(f"{tarball} has no {relative}")
+    """A file of the shipped ComfyUI's source (e.g. ``comfy/cli_args.py``), from the source the real tier runs:
+    the shared copy, or GitHub's archive of the pinned commit, checked against the pinned digest."""
+    from tests.real.comfy_env import SetupError, ensure_source
+
+    try:
+        source = ensure_source()
+    except SetupError as exc:
+        pytest.fail(f"getting ComfyUI's source: {exc}", pytrace=False)
+    path = source / relative
+    assert path.is_file(), f"ComfyUI's source {source} has no {relative}"
+    return path.read_text(encoding="utf-8")
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from .harness import DOCKERFILE, REPO, comfyui_source_text, need_shared, shared_comfyui
+from .harness import DOCKERFILE, REPO, comfyui_source_text, shared_comfyui
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,7 +20,13 @@ FIRST_GOOD_COMFYUI = (0, 4, 0)
 # own ComfyUI environment). A new torch pin needs its line here, checked the same way.
 PYPI_TORCH_CUDA = {"2.14.1": (13, 0)}
 # The versions tests/real reads to build the ComfyUI it runs: one `ARG NAME=value` line each.
-PIN_ARGS = ("COMFYUI_VERSION", "COMFYUI_COMMIT", "TORCH_VERSION", "TORCHVISION_VERSION")
+PIN_ARGS = (
+    "COMFYUI_VERSION",
+    "COMFYUI_COMMIT",
+    "COMFYUI_SOURCE_DIGEST",
+    "TORCH_VERSION",
+    "TORCHVISION_VERSION",
+)
 
 
 def arg(name: str) -> str:
@@ -113,12 +119,17 @@ def test_the_version_pins_are_one_arg_line_each() -> None:
 
 
 def test_comfyui_is_the_release_the_tests_run() -> None:
-    """The tag and commit are those of the ComfyUI source kept for the tests (tests/real runs it)."""
-    readme = need_shared(shared_comfyui() / "README.md").read_text(encoding="utf-8")
-    named = re.search(r"upstream tag `(v[\d.]+)`, commit\s+`([0-9a-f]{40})`", readme)
-    assert named, "the shared ComfyUI README names the upstream tag and commit of its source"
-    assert (arg("COMFYUI_VERSION"), arg("COMFYUI_COMMIT")) == (named.group(1), named.group(2))
-    need_shared(shared_comfyui() / f"ComfyUI-{arg('COMFYUI_VERSION')}.tar.gz")
+    """The tag and commit are those of the ComfyUI source the tests run (tests/real): the source whose files have
+    the pinned digest declares the tag's version, and it is the commit's own archive, or the shared copy that
+    the shared folder's README says is that commit."""
+    source = comfyui_source_text("comfyui_version.py")
+    assert re.search(rf"__version__ = \"{arg('COMFYUI_VERSION').removeprefix('v')}\"", source), source
+    assert re.fullmatch(r"[0-9a-f]{64}", arg("COMFYUI_SOURCE_DIGEST")), "the source's digest must be pinned"
+    readme = shared_comfyui() / "README.md"
+    if readme.exists():
+        named = re.search(r"upstream tag `(v[\d.]+)`, commit\s+`([0-9a-f]{40})`", readme.read_text("utf-8"))
+        assert named, "the shared ComfyUI README names the upstream tag and commit of its source"
+        assert (arg("COMFYUI_VERSION"), arg("COMFYUI_COMMIT")) == (named.group(1), named.group(2))
 
 
 def test_no_custom_nodes_are_installed() -> None:

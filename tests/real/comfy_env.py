@@ -1,13 +1,16 @@
 """The real ComfyUI's source and Python environment, built once per machine in a cache outside the checkout.
 
-- The source is ``ComfyUI-<version>.tar.gz`` from the shared folder (``<repo>/../shared/comfyui/``, or
-  ``$WAN_WORKER_SHARED/comfyui/``).
 - The versions come from the Dockerfile, the one place they are written: ``ARG COMFYUI_VERSION``,
-  ``ARG COMFYUI_COMMIT``, ``ARG TORCH_VERSION``, ``ARG TORCHVISION_VERSION``.
-- The cache is ``~/.cache/wan-worker-tests/`` (or ``$WAN_WORKER_TEST_CACHE``). An entry is keyed on the
-  tarball's sha256 and the torch pins; it is built in a temporary folder beside it and renamed into place, and
-  its marker file is written last, so a half-built environment is never used. A file lock makes concurrent
-  builders (several test runs, several pytest-xdist processes) wait for the first one.
+  ``ARG COMFYUI_COMMIT``, ``ARG COMFYUI_SOURCE_DIGEST``, ``ARG TORCH_VERSION``, ``ARG TORCHVISION_VERSION``.
+- The source comes from ``$WAN_WORKER_COMFYUI_URL`` when it is set, else from the shared folder's
+  ``ComfyUI-<version>.tar.gz`` (``<repo>/../shared/comfyui/``, or ``$WAN_WORKER_SHARED/comfyui/``) when there
+  is one, else from GitHub's archive of the pinned commit. Whichever it is, its files must have the pinned
+  digest (:func:`tree_digest`), so that any honest copy passes and nothing else does.
+- The cache is ``~/.cache/wan-worker-tests/`` (or ``$WAN_WORKER_TEST_CACHE``): the checked source, keyed on its
+  digest, and the environment, keyed on the digest and the torch pins. An entry is built in a temporary folder
+  beside it and renamed into place, and its marker file is written last, so a half-built entry is never used. A
+  file lock makes concurrent builders (several test runs, several pytest-xdist processes) wait for the first.
+- Every failure is a :class:`SetupError` that names its step; none is a skip.
 """
 
 from __future__ import annotations
@@ -28,16 +31,35 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 MARKER = ".complete.json"
-PIN_ARGS = ("COMFYUI_VERSION", "COMFYUI_COMMIT", "TORCH_VERSION", "TORCHVISION_VERSION")
+PIN_ARGS = (
+    "COMFYUI_VERSION",
+    "COMFYUI_COMMIT",
+    "COMFYUI_SOURCE_DIGEST",
+    "TORCH_VERSION",
+    "TORCHVISION_VERSION",
+)
 OPTIONAL_PIN_ARGS = ("TORCHAUDIO_VERSION",)
 TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
 """Left out of ComfyUI's requirements: they are installed first, torch and torchvision pinned. ComfyUI v0.33.0
 does not start without torchaudio (``comfy/sd.py`` imports ``comfy.ldm.lightricks.vae.audio_vae``, which
 imports it), so it is installed too: at the Dockerfile's ``ARG TORCHAUDIO_VERSION`` when there is one, else the
 newest release that accepts the pinned torch (torchaudio 2.11 and later take any torch from 2.11 on)."""
+
+
+GITHUB_ARCHIVE = "https://github.com/Comfy-Org/ComfyUI/archive/{commit}.tar.gz"
+SOURCE = "ComfyUI"
+"""The source folder's name in its cache entry (archives name their top folder each their own way)."""
+DIGEST_EXCLUDED = (
+    "comfy/text_encoders/llama_tokenizer/tokenizer.json",
+    "comfy/text_encoders/qwen35_tokenizer/vocab.json",
+)
+"""Files the digest leaves out: two tokenizers of other model families (Llama, Qwen 3.5) that GitHub's archive
+has and the shared copy lacks. Nothing a Wan graph runs reads them."""
 
 
 class SetupError(RuntimeError):
@@ -48,6 +70,7 @@ class SetupError(RuntimeError):
 class Pins:
     comfyui_version: str
     comfyui_commit: str
+    comfyui_source_digest: str
     torch: str
     torchvision: str
     torchaudio: str | None = None
@@ -65,7 +88,10 @@ class ComfyEnv:
     source: Path
     python: Path
     pins: Pins
-    tarball_sha256: str
+
+    @property
+    def source_digest(self) -> str:
+        return self.pins.comfyui_source_digest
 
 
 def shared_dir() -> Path:
@@ -100,17 +126,20 @@ def pins_from_dockerfile(path: Path = DOCKERFILE) -> Pins:
     return Pins(
         comfyui_version=found["COMFYUI_VERSION"],
         comfyui_commit=found["COMFYUI_COMMIT"],
+        comfyui_source_digest=found["COMFYUI_SOURCE_DIGEST"],
         torch=found["TORCH_VERSION"],
         torchvision=found["TORCHVISION_VERSION"],
         torchaudio=found.get("TORCHAUDIO_VERSION"),
     )
 
 
-def tarball_for(pins: Pins) -> Path:
-    path = shared_dir() / f"ComfyUI-{pins.comfyui_version}.tar.gz"
-    if not path.is_file():
-        raise SetupError(f"the ComfyUI source {path} is missing (set WAN_WORKER_SHARED to the shared folder)")
-    return path
+def source_origin(pins: Pins) -> str:
+    """Where the source comes from: ``$WAN_WORKER_COMFYUI_URL``, else the shared copy, else GitHub."""
+    url = os.environ.get("WAN_WORKER_COMFYUI_URL", "").strip()
+    if url:
+        return url
+    shared = shared_dir() / f"ComfyUI-{pins.comfyui_version}.tar.gz"
+    return str(shared) if shared.is_file() else GITHUB_ARCHIVE.format(commit=pins.comfyui_commit)
 
 
 def sha256_of(path: Path) -> str:
@@ -121,18 +150,94 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tarball_version(tarball: Path) -> str:
-    """``__version__`` of the tarball's ``comfyui_version.py``."""
-    with tarfile.open(tarball) as archive:
-        for member in archive.getmembers():
-            if member.name.endswith("/comfyui_version.py") and member.name.count("/") == 1:
-                handle = archive.extractfile(member)
-                if handle is None:
-                    break
-                match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", handle.read().decode())
-                if match:
-                    return match.group(1)
-    raise SetupError(f"{tarball} has no comfyui_version.py at its top level")
+def tree_digest(root: Path, excluded: tuple[str, ...] = DIGEST_EXCLUDED) -> str:
+    """The sha256 of ``sha256sum``'s lines (``<sha256 of the file>  <path>``) for the regular files under
+    ``root``, by their path relative to it, sorted bytewise; folders, symlinks and ``excluded`` do not count.
+    Any copy of the same files has the same digest, whatever its archive's format, order, times or top folder.
+    The same in a shell, in the source folder::
+
+        find . -type f ! -path ./comfy/text_encoders/llama_tokenizer/tokenizer.json \\
+            ! -path ./comfy/text_encoders/qwen35_tokenizer/vocab.json -printf '%P\\n' \\
+            | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum
+    """
+    paths = sorted(
+        relative
+        for path in root.rglob("*")
+        if path.is_file()
+        and not path.is_symlink()
+        and (relative := path.relative_to(root).as_posix()) not in excluded
+    )
+    lines = "".join(f"{sha256_of(root / relative)}  {relative}\n" for relative in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def source_version(source: Path) -> str:
+    """``__version__`` of the source's ``comfyui_version.py``."""
+    try:
+        text = (source / "comfyui_version.py").read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SetupError(f"ComfyUI's source {source} has no comfyui_version.py: {exc}") from None
+    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", text)
+    if not match:
+        raise SetupError(f"{source / 'comfyui_version.py'} declares no __version__")
+    return match.group(1)
+
+
+def ensure_source(pins: Pins | None = None) -> Path:
+    """ComfyUI's source folder, checked against the pinned digest; fetched and unpacked once per machine."""
+    pins = pins or pins_from_dockerfile()
+    digest = pins.comfyui_source_digest
+    final = cache_dir() / f"comfyui-source-{pins.comfyui_version}-{digest[:12]}"
+
+    def build(work: Path) -> None:
+        origin = source_origin(pins)
+        local = Path(origin)
+        archive = local if local.is_file() else download(origin, work / "download.tar.gz")
+        unpack_source(archive, work / SOURCE, origin=origin)
+        if archive != local:
+            archive.unlink()
+        found = tree_digest(work / SOURCE)
+        if found != digest:
+            raise SetupError(
+                f"checking ComfyUI's source from {origin} against the Dockerfile's ARG COMFYUI_SOURCE_DIGEST: its "
+                f"files' digest is {found}, the pin is {digest}. It is not ComfyUI {pins.comfyui_version} "
+                f"(commit {pins.comfyui_commit}) as the tests know it: point WAN_WORKER_COMFYUI_URL at an "
+                "honest copy, or fix the pin"
+            )
+
+    built = build_once(
+        final, {"source_digest": digest}, build, what=f"ComfyUI {pins.comfyui_version}'s source"
+    )
+    return built / SOURCE
+
+
+def download(url: str, to: Path) -> Path:
+    """``url`` streamed into ``to``; any failure is a :class:`SetupError` naming the URL."""
+    try:
+        with requests.get(url, stream=True, timeout=(15, 60)) as response:
+            response.raise_for_status()
+            with open(to, "wb") as out:
+                for chunk in response.iter_content(1 << 20):
+                    out.write(chunk)
+    except (requests.RequestException, OSError) as exc:
+        raise SetupError(f"downloading ComfyUI's source from {url} failed: {exc}") from None
+    return to
+
+
+def unpack_source(archive: Path, into: Path, *, origin: str) -> None:
+    """Unpack ``archive`` (a tarball with one top folder, as GitHub makes them) so that ``into`` is that folder."""
+    unpacked = into.with_name(into.name + ".unpacked")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(unpacked, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise SetupError(f"unpacking ComfyUI's source from {origin} failed: {exc}") from None
+    tops = list(unpacked.iterdir())
+    if len(tops) != 1 or not tops[0].is_dir():
+        names = ", ".join(sorted(p.name for p in tops)) or "nothing"
+        raise SetupError(f"unpacking ComfyUI's source from {origin}: expected one top folder, found {names}")
+    tops[0].rename(into)
+    unpacked.rmdir()
 
 
 @contextlib.contextmanager
@@ -172,31 +277,20 @@ def _marker_matches(folder: Path, key: dict[str, object]) -> bool:
     return data == key
 
 
-def ensure_env(pins: Pins | None = None) -> ComfyEnv:
-    """The unpacked source and a venv with the pinned torch and ComfyUI's requirements (built if absent)."""
+def ensure_env(pins: Pins | None = None, source: Path | None = None) -> ComfyEnv:
+    """A venv with the pinned torch and the requirements of ComfyUI's checked source (built if absent)."""
     pins = pins or pins_from_dockerfile()
-    tarball = tarball_for(pins)
-    digest = sha256_of(tarball)
-    key: dict[str, object] = {"tarball_sha256": digest, "torch": pins.torch_requirements()}
+    source = source or ensure_source(pins)
+    digest = pins.comfyui_source_digest
+    key: dict[str, object] = {"source_digest": digest, "torch": pins.torch_requirements()}
     name = f"comfyui-{pins.comfyui_version}-{digest[:12]}-torch{pins.torch}-tv{pins.torchvision}"
-    root = cache_dir() / name
-    source_name = tarball.name.removesuffix(".tar.gz")
-
-    def build(work: Path) -> None:
-        _unpack(tarball, work)
-        source = work / source_name
-        if not (source / "main.py").is_file():
-            raise SetupError(f"{tarball} does not unpack to {source_name}/main.py")
-        _make_venv(work / "venv", source, pins)
-
-    built = build_once(root, key, build, what=f"ComfyUI {pins.comfyui_version} with torch {pins.torch}")
-    return ComfyEnv(
-        root=built,
-        source=built / source_name,
-        python=built / "venv" / "bin" / "python",
-        pins=pins,
-        tarball_sha256=digest,
+    built = build_once(
+        cache_dir() / name,
+        key,
+        lambda work: _make_venv(work / "venv", source, pins),
+        what=f"ComfyUI {pins.comfyui_version}'s environment with torch {pins.torch}",
     )
+    return ComfyEnv(root=built, source=source, python=built / "venv" / "bin" / "python", pins=pins)
 
 
 def build_once(final: Path, key: dict[str, object], build: Callable[[Path], None], *, what: str) -> Path:
@@ -229,11 +323,6 @@ def build_once(final: Path, key: dict[str, object], build: Callable[[Path], None
         (final / MARKER).write_text(json.dumps({**key, "built_in_s": seconds}) + "\n", encoding="utf-8")
         print(f"[real-comfyui] built {what} in {seconds} s: {final}", file=sys.stderr)
     return final
-
-
-def _unpack(tarball: Path, into: Path) -> None:
-    with tarfile.open(tarball) as archive:
-        archive.extractall(into, filter="data")
 
 
 def _run(command: list[str], *, what: str, log: Path, timeout_s: float) -> None:

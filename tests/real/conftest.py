@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.installed import Installed, install, installed_env
 from tests.support.worker_proc import LocalApi
 
-from .comfy_env import ComfyEnv, SetupError, ensure_env
+from .comfy_env import ComfyEnv, Pins, SetupError, ensure_env, ensure_source, pins_from_dockerfile
 from .comfyui_server import RealComfyUI
 from .tiny_models import ensure_volume, make_validation_files
 
@@ -30,14 +31,29 @@ def _setup(step: str, action):  # type: ignore[no-untyped-def]
     try:
         result = action()
     except SetupError as exc:
-        pytest.fail(f"real ComfyUI setup failed while {step}: {exc}", pytrace=False)
-    _timings[step] = round(time.monotonic() - started, 1)
-    return result
+        failure = str(exc)
+    else:
+        _timings[step] = round(time.monotonic() - started, 1)
+        return result
+    pytest.fail(f"real ComfyUI setup failed while {step}: {failure}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def comfy_env() -> ComfyEnv:
-    env: ComfyEnv = _setup("building ComfyUI's environment", ensure_env)
+def pins() -> Pins:
+    found: Pins = _setup("reading the Dockerfile's pins", pins_from_dockerfile)
+    return found
+
+
+@pytest.fixture(scope="session")
+def comfy_source(pins: Pins) -> Path:
+    """ComfyUI's source, checked against the pinned digest (from the shared copy, or downloaded)."""
+    source: Path = _setup("getting ComfyUI's source", lambda: ensure_source(pins))
+    return source
+
+
+@pytest.fixture(scope="session")
+def comfy_env(pins: Pins, comfy_source: Path) -> ComfyEnv:
+    env: ComfyEnv = _setup("building ComfyUI's environment", lambda: ensure_env(pins, comfy_source))
     return env
 
 
@@ -68,6 +84,26 @@ def local_api(comfyui: RealComfyUI, tmp_path_factory: pytest.TempPathFactory) ->
     logs = tmp_path_factory.mktemp("worker")
     _logs["worker (local API)"] = logs / "worker.log"
     server = LocalApi(comfyui.worker_env(), cwd=logs, log_path=logs / "worker.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def installed_worker(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The worker as ``pip install .`` leaves it: a wheel, installed (not editable) into a fresh virtualenv."""
+    return install(tmp_path_factory.mktemp("installed"))
+
+
+@pytest.fixture(scope="session")
+def installed_api(
+    comfyui: RealComfyUI, installed_worker: Installed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalApi]:
+    """That install's ``python -m worker --rp_serve_api``, started from a folder outside the checkout with no
+    ``PYTHONPATH``, against the real ComfyUI (``cwd``: that folder)."""
+    logs = tmp_path_factory.mktemp("installed-worker")
+    _logs["installed worker (local API)"] = logs / "worker.log"
+    env = installed_env(comfyui.worker_env())
+    server = LocalApi(env, cwd=logs, log_path=logs / "worker.log", python=installed_worker.python)
     yield server
     server.stop()
 

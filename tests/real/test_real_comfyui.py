@@ -29,6 +29,7 @@ import requests
 
 from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
+from tests.support.installed import Installed
 from tests.support.video import probe_b64
 from tests.support.worker_proc import LocalApi
 from worker import graph, roles
@@ -40,8 +41,7 @@ from .comfy_env import (
     build_once,
     pins_from_dockerfile,
     read_pins,
-    tarball_for,
-    tarball_version,
+    source_version,
     without_torch,
 )
 from .comfyui_server import CACHE_MODE, RealComfyUI, describe_refusal
@@ -76,12 +76,12 @@ def job(**fields: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- the pins
-def test_dockerfile_pins_the_comfyui_and_torch_the_tests_run() -> None:
+def test_dockerfile_pins_the_comfyui_and_torch_the_tests_run(comfy_source: Path) -> None:
     found = read_pins((REPO / "Dockerfile").read_text(encoding="utf-8"))
     assert {"COMFYUI_VERSION", "COMFYUI_COMMIT", "TORCH_VERSION", "TORCHVISION_VERSION"} <= set(found), found
     assert re.fullmatch(r"[0-9a-f]{40}", found["COMFYUI_COMMIT"]), found["COMFYUI_COMMIT"]
-    pins = pins_from_dockerfile()
-    assert "v" + tarball_version(tarball_for(pins)) == pins.comfyui_version
+    assert re.fullmatch(r"[0-9a-f]{64}", found["COMFYUI_SOURCE_DIGEST"]), found["COMFYUI_SOURCE_DIGEST"]
+    assert "v" + source_version(comfy_source) == pins_from_dockerfile().comfyui_version
 
 
 def test_comfyui_runs_in_the_cache_mode_the_image_uses() -> None:
@@ -530,3 +530,17 @@ def test_twenty_jobs_in_a_row(local_api: LocalApi) -> None:
         assert body["status"] == "COMPLETED", f"job {index + 1} of 20: {body}"
         check_video(body["output"], frames=9)
     print(f"twenty jobs: {seconds} s")
+
+
+# --------------------------------------------------------------------------------------------- an installed worker
+def test_a_non_editable_install_runs_a_real_job(installed_worker: Installed, installed_api: LocalApi) -> None:
+    """``pip install .`` (a wheel, not editable) in a fresh virtualenv, run from outside the checkout: the
+    install's own copy of the worker binds its own workflows, and the real ComfyUI runs the job to an MP4."""
+    site = installed_worker.site_packages()
+    worker_cwd = installed_api.log_path.parent
+    assert installed_worker.worker_file(worker_cwd) == site / "worker" / "__init__.py", (
+        "the install's copy runs"
+    )
+    body = installed_api.runsync(job(seed=21), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    check_video(body["output"], frames=9)

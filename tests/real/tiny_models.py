@@ -1,6 +1,6 @@
 """The tiny models' volume in the cache: written once by ``make_tiny_models.py`` with ComfyUI's Python.
 
-Keyed on the ComfyUI tarball, the maker script and the manifest's default names, so that a change to any of
+Keyed on the digest of ComfyUI's source, the maker script and the manifest's default names, so that a change to any of
 them makes a new volume; built in a temporary folder and renamed, under a lock, like the environment.
 """
 
@@ -25,7 +25,7 @@ def ensure_volume(env: ComfyEnv) -> Path:
     maker = hashlib.sha256(MAKER.read_bytes()).hexdigest()
     names = default_names()
     key: dict[str, object] = {
-        "tarball_sha256": env.tarball_sha256,
+        "source_digest": env.source_digest,
         "maker_sha256": maker,
         "defaults": names,
         "folders": FOLDER_KINDS,

@@ -39,7 +39,8 @@ def worker_env(comfy_url: str, volume: Path, **extra: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``python -m worker`` with ``args``, its output in ``log_path``; ``preexec_fn`` runs in the child."""
+    """``python -m worker`` with ``args``, its output in ``log_path``; ``preexec_fn`` runs in the child;
+    ``python``: another interpreter (an installed worker's virtualenv) instead of this one."""
 
     stop_timeout_s = 10.0
 
@@ -51,11 +52,12 @@ class WorkerProcess:
         cwd: Path,
         log_path: Path,
         preexec_fn: Callable[[], Any] | None = None,
+        python: str | Path = sys.executable,
     ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", *args],
+            [str(python), "-m", "worker", *args],
             env=dict(env),
             cwd=cwd,
             stdout=self._log,
@@ -81,10 +83,13 @@ class WorkerProcess:
 class LocalApi(WorkerProcess):
     """The runpod SDK's local API server running our worker."""
 
-    def __init__(self, env: Mapping[str, str], *, cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, cwd: Path, log_path: Path, python: str | Path = sys.executable
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(["--rp_serve_api", "--rp_api_port", str(self.port)], env, cwd=cwd, log_path=log_path)
+        args = ["--rp_serve_api", "--rp_api_port", str(self.port)]
+        super().__init__(args, env, cwd=cwd, log_path=log_path, python=python)
         self._wait_ready()
 
     def _wait_ready(self, timeout_s: float = 30.0) -> None:
