@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.httpserver import LocalServer, Route
+from tests.support.httpserver import HttpServer, Route
 from tests.support.worker_proc import free_port
 
 from .comfy_env import (
@@ -83,12 +83,12 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def server() -> LocalServer:
-    with LocalServer() as srv:
+def server() -> HttpServer:
+    with HttpServer() as srv:
         yield srv
 
 
-def serve(server: LocalServer, monkeypatch: pytest.MonkeyPatch, route: Route) -> str:
+def serve(server: HttpServer, monkeypatch: pytest.MonkeyPatch, route: Route) -> str:
     server.routes["/comfyui.tar.gz"] = route
     url = server.url("/comfyui.tar.gz")
     monkeypatch.setenv("WAN_WORKER_COMFYUI_URL", url)
@@ -113,7 +113,7 @@ def test_the_digest_is_sha256sum_of_the_regular_files_by_path(tmp_path: Path) ->
 
 
 def test_a_served_source_is_downloaded_checked_and_kept(
-    cache: Path, digest: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+    cache: Path, digest: str, server: HttpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     serve(server, monkeypatch, Route(body=tarball(FILES)))
     source = ensure_source(pins_for(digest))
@@ -122,11 +122,11 @@ def test_a_served_source_is_downloaded_checked_and_kept(
     assert source_version(source) == "9.9.9"
     assert not list(source.parent.glob("*.tar.gz")), "the downloaded archive is not kept"
     assert ensure_source(pins_for(digest)) == source
-    assert len(server.requests) == 1, "a checked source is fetched once per machine"
+    assert len(server.hits()) == 1, "a checked source is fetched once per machine"
 
 
 def test_a_wrong_source_fails_at_the_check_and_leaves_nothing(
-    cache: Path, digest: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+    cache: Path, digest: str, server: HttpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = serve(server, monkeypatch, Route(body=tarball({**FILES, "main.py": b"print('altered')\n"})))
     with pytest.raises(SetupError) as failure:
@@ -140,7 +140,7 @@ def test_a_wrong_source_fails_at_the_check_and_leaves_nothing(
 
 
 def test_an_unreachable_or_missing_source_fails_at_the_download(
-    cache: Path, digest: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+    cache: Path, digest: str, server: HttpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = serve(server, monkeypatch, Route(status=404))
     with pytest.raises(SetupError, match=f"^downloading ComfyUI's source from {url} failed: 404"):
@@ -160,7 +160,7 @@ def test_an_unreachable_or_missing_source_fails_at_the_download(
     ids=["not-a-tarball", "no-top-folder"],
 )
 def test_an_archive_that_is_not_one_source_folder_fails_at_the_unpacking(
-    cache: Path, digest: str, server: LocalServer, monkeypatch: pytest.MonkeyPatch, body: bytes, problem: str
+    cache: Path, digest: str, server: HttpServer, monkeypatch: pytest.MonkeyPatch, body: bytes, problem: str
 ) -> None:
     url = serve(server, monkeypatch, Route(body=body))
     with pytest.raises(SetupError) as failure:
@@ -188,7 +188,7 @@ def test_the_source_comes_from_the_url_else_the_shared_copy_else_github(
 
 
 def test_a_wrong_source_fails_the_real_tier_naming_the_step_and_never_skips(
-    tmp_path: Path, server: LocalServer
+    tmp_path: Path, server: HttpServer
 ) -> None:
     """The real tier's own setup, in a pytest of its own, against a source that is not the pinned one."""
     server.routes["/comfyui.tar.gz"] = Route(body=tarball(FILES))
