@@ -1,9 +1,5 @@
-"""Which model files a job needs: its URL overrides fetched into the volume, and every file checked against a
-listing before anything is queued.
-
-The glue between the job contract and :mod:`worker.models` (manifest, volume, downloads), read from the role
-table of :mod:`worker.roles`. It does not talk to ComfyUI itself: the handler hands it ComfyUI's listing
-(``GET /models/<folder>``) as a function.
+"""The model files of one job: its URLs and the manifest's on-demand files fetched into the volume, every file
+checked against ComfyUI's listing (which the handler hands in as a function) before anything is queued.
 """
 
 from __future__ import annotations
@@ -11,12 +7,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from . import roles
-from .config import Settings
-from .errors import ComfyValidationError, ModelMissing
-from .graph import LoraFiles, ModelFiles
-from .models import FOLDER_KINDS, ModelRef, default_names, ensure_job_models, on_demand_entry, policy
-from .schema import JobInput
+from ..config import Settings
+from ..errors import ComfyValidationError, ModelMissing
+from ..graph import LoraFiles, ModelFiles
+from ..schema import JobInput
+from . import policy, roles
+from .fetch import Context, ModelRef, ensure_refs
+from .manifest import default_names, on_demand_entry
+from .volume import FOLDER_KINDS
 
 Listing = Callable[[str], list[str] | None]
 """The file names a model folder holds, or None when that cannot be told."""
@@ -25,7 +23,7 @@ Listing = Callable[[str], list[str] | None]
 def url_refs(job: JobInput) -> list[ModelRef]:
     """One reference per model the job gives a URL for (named files need no download)."""
     refs = [
-        ModelRef(field=f"{role.name}_url", kind=role.kind, url=url, name=job.model_name(role.name))
+        ModelRef(f"{role.name}_url", role.kind, url, job.model_name(role.name))
         for role in roles.JOB_ROLES
         if (url := job.model_url(role.name))
     ]
@@ -33,19 +31,6 @@ def url_refs(job: JobInput) -> list[ModelRef]:
         for side, name, url in (("high", pair.high, pair.high_url), ("low", pair.low, pair.low_url)):
             if url:
                 refs.append(ModelRef(f"lora_pairs[{index}].{side}_url", roles.LORA_KIND, url, name))
-    return refs
-
-
-def on_demand_refs(job: JobInput, names: dict[str, str | None]) -> list[ModelRef]:
-    """The manifest's on-demand files (fetched on first use, not at start) that the job's graph loads."""
-    refs = []
-    for role in roles.ROLES:
-        name = names.get(role.name)
-        if not name or not role.used_by(job, named=True) or (role.job_field and job.model_url(role.name)):
-            continue
-        entry = on_demand_entry(role.kind, name)
-        if entry is not None:
-            refs.append(ModelRef(field=role.name, kind=role.kind, url=entry.url, name=entry.name))
     return refs
 
 
@@ -63,15 +48,17 @@ def resolve(
     on_progress: Callable[[str, int, int | None], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> ModelFiles:
-    """Download what the job gives as URLs, and the manifest's on-demand files its graph loads the first time
-    one is needed; returns the file names the graph will load."""
-    defaults = default_names()
-    names: dict[str, str | None] = {}
+    """Fetch what the job gives as URLs, and the manifest's on-demand files its graph loads (the first time one
+    is needed); returns the file names the graph will load."""
+    defaults, refs = default_names(), url_refs(job)
+    names = {
+        r.name: (job.model_name(r.name) if r.job_field else None) or defaults.get(r.name) for r in roles.ROLES
+    }
     for role in roles.ROLES:
-        given = job.model_name(role.name) if role.job_field else None
-        names[role.name] = given or defaults.get(role.name)
-    refs = url_refs(job) + on_demand_refs(job, names)
-    fetched = ensure_job_models(refs, settings, job_id=job_id, on_progress=on_progress, cancel=cancel)
+        entry = on_demand_entry(role.kind, names[role.name] or "")
+        if entry and role.used_by(job, named=True) and not (role.job_field and job.model_url(role.name)):
+            refs.append(ModelRef(role.name, role.kind, entry.url, entry.name))
+    fetched = ensure_refs(refs, Context(settings, job_id=job_id, on_progress=on_progress, cancel=cancel))
     for role in roles.ROLES:
         names[role.name] = fetched.get(f"{role.name}_url") or fetched.get(role.name) or names[role.name]
     loras = [
@@ -89,8 +76,7 @@ def resolve(
 def wanted(files: ModelFiles, job: JobInput) -> Iterator[tuple[str, str, str]]:
     """(field, folder kind, file name) for every model the graph will load."""
     for role in roles.ROLES:
-        name = files.get(role.name)
-        if name and role.used_by(job, named=True):
+        if (name := files.get(role.name)) and role.used_by(job, named=True):
             yield (role.name if role.job_field else "lightning"), role.kind, name
     for index, pair in enumerate(files.loras):
         for side, name in (("high", pair.high), ("low", pair.low)):
@@ -106,18 +92,9 @@ def missing_model(field: str, kind: str, name: str, *, named_by_job: bool) -> Mo
         else "the default models are fetched by `python -m worker models ensure` (start.sh runs it)"
     )
     return ModelMissing(
-        f"{field}: the model file {name!r} was not found in the volume folder {folder}/ "
-        f"(ComfyUI folder {kind}); {hint}",
+        f"{field}: the model file {name!r} was not found in the volume folder {folder}/ (ComfyUI folder {kind}); {hint}",
         details=[{"field": field, "file": name, "folder": f"{folder}/", "comfy_folder": kind}],
     )
-
-
-def named_by_job(job: JobInput, field: str) -> bool:
-    """True when the job itself named the file of ``field`` (not a default)."""
-    if field.startswith("lora_pairs["):
-        return True
-    role = roles.BY_NAME.get(field)
-    return role is not None and role.job_field and bool(job.model_name(field) or job.model_url(field))
 
 
 def check_available(list_models: Listing, files: ModelFiles, job: JobInput) -> None:
@@ -125,11 +102,13 @@ def check_available(list_models: Listing, files: ModelFiles, job: JobInput) -> N
     listings: dict[str, set[str] | None] = {}
     for field, kind, name in wanted(files, job):
         if kind not in listings:
-            found = list_models(kind)
-            listings[kind] = None if found is None else set(found)
-        available = listings[kind]
-        if available is not None and name not in available:
-            raise missing_model(field, kind, name, named_by_job=named_by_job(job, field))
+            listings[kind] = None if (found := list_models(kind)) is None else set(found)
+        if (available := listings[kind]) is not None and name not in available:
+            role = roles.BY_NAME.get(field)
+            by_job = (
+                role is not None and role.job_field and bool(job.model_name(field) or job.model_url(field))
+            )
+            raise missing_model(field, kind, name, named_by_job=by_job or field.startswith("lora_pairs["))
 
 
 def missing_from_validation(err: ComfyValidationError) -> ModelMissing | None:
@@ -137,8 +116,6 @@ def missing_from_validation(err: ComfyValidationError) -> ModelMissing | None:
     for detail in err.details:
         kind = roles.LOADER_KINDS.get((str(detail.get("class_type")), str(detail.get("input_name"))))
         if detail.get("type") == "value_not_in_list" and kind is not None:
-            name = detail.get("received_value")
-            return missing_model(
-                f"node {detail.get('node_id')}", kind, str(name) if name else "?", named_by_job=False
-            )
+            name = str(detail.get("received_value") or "?")
+            return missing_model(f"node {detail.get('node_id')}", kind, name, named_by_job=False)
     return None
