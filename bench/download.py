@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "models")]
 
+import huggingface_hub  # noqa: E402, F401 - imported once per worker, not once per download: not timed
 import requests  # noqa: E402
 from fileserver import write_model_file  # noqa: E402
 
@@ -72,7 +73,9 @@ def measure(name: str, run: Callable[[Path], None], out: Path, size: int, sha256
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=500, help="file size in MB (default 500)")
-    parser.add_argument("--rate-mb", type=float, default=50, help="MB/s per connection; 0: no limit (default 50)")
+    parser.add_argument(
+        "--rate-mb", type=float, default=50, help="MB/s per connection; 0: no limit (default 50)"
+    )
     parser.add_argument(
         "--tmp", type=Path, default=None, help="where to put the files (default: system temp)"
     )

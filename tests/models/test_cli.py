@@ -77,7 +77,9 @@ def test_status_shows_what_is_on_the_volume(env: Path, capsys: pytest.CaptureFix
     assert lines[0] == f"volume: {env}"
     for entry in load_manifest():
         line = next(line for line in lines if line.startswith(entry.name + ":"))
-        assert f"({entry.folder}/, " in line and ("on demand, missing" in line) == entry.on_demand, line
+        assert (
+            f"({FOLDER_KINDS[entry.kind]}/, " in line and ("on demand, missing" in line) == entry.on_demand
+        ), line
     assert "6 files missing: run `python -m worker models ensure`" in lines
     assert "6 more fetched on demand (0 present)" in lines
 
@@ -103,7 +105,7 @@ def test_ensure_with_the_six_defaults_verified_touches_no_content(
     assert seen == []  # no model file opened, no connection made
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in paths)
     out = capsys.readouterr().out
-    assert out.count(": present") == 6 and "all files present" in out
+    assert out.count(": present") == 6 and "all present" in out
     assert "film_net_fp16.safetensors: on demand, for the jobs" in out
 
 
@@ -213,7 +215,7 @@ def test_on_demand_files_are_listed_left_to_the_jobs_and_verified_by_their_recor
     assert "film.safetensors: on demand, for the jobs" in out
     assert not any("film" in h.path for h in hub.requests())
     assert "film.safetensors: on demand, missing (frame_interpolation/, size unknown)" in out
-    assert "all files present" in out and "1 more fetched on demand (0 present)" in out
+    assert "all present" in out and "1 more fetched on demand (0 present)" in out
 
     from worker.config import Settings
     from worker.models.fetch import Context, ModelRef, ensure_refs

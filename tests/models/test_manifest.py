@@ -44,7 +44,7 @@ EXPECTED = [
 
 def test_the_packaged_manifest_lists_the_six_defaults() -> None:
     manifest = at_start(load_manifest())
-    got = [(e.name, e.folder, e.url, e.size, e.sha256) for e in manifest]
+    got = [(e.name, FOLDER_KINDS[e.kind], e.url, e.size, e.sha256) for e in manifest]
     want = [
         (name, folder, f"https://huggingface.co/{repo}/resolve/main/split_files/{sub}/{name}", size, sha)
         for name, folder, repo, sub, size, sha in EXPECTED
@@ -54,7 +54,7 @@ def test_the_packaged_manifest_lists_the_six_defaults() -> None:
 
 def test_the_interpolation_models_are_fetched_on_demand_from_the_hub() -> None:
     entries = [e for e in load_manifest() if e.on_demand]
-    got = [(e.role, e.name, e.kind, e.folder, e.url, e.size, e.sha256) for e in entries]
+    got = [(e.role, e.name, e.kind, FOLDER_KINDS[e.kind], e.url, e.size, e.sha256) for e in entries]
     want = [
         (role, name, "frame_interpolation", "frame_interpolation", INTERPOLATION + name, None, None)
         for role, name in ON_DEMAND

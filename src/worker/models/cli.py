@@ -38,9 +38,7 @@ def status(manifest: Manifest, settings: Settings) -> bool:
         total = human_bytes(entry.size) if entry.size else "size unknown"
         print(f"{entry.name}: {'on demand, ' * entry.on_demand}{text} ({folder}/, {total})")
     missing, later = sum(not usable[e.name] for e in at_start(manifest)), [e for e in manifest if e.on_demand]
-    print(
-        f"{missing} files missing: run `python -m worker models ensure`" if missing else "all files present"
-    )
+    print(f"{missing} files missing: run `python -m worker models ensure`" if missing else "all present")
     if later:
         print(f"{len(later)} more fetched on demand ({sum(usable[e.name] for e in later)} present)")
     return not missing
@@ -48,14 +46,14 @@ def status(manifest: Manifest, settings: Settings) -> bool:
 
 def ensure(manifest: Manifest, settings: Settings) -> bool:
     """Fetch every file fetched at start; True when all are there (a failure is reported, not raised)."""
-    volume.remove_stale_staging(settings.volume_root)
     ctx, ok = Context(settings, manifest=manifest), True
     for entry in manifest:
         path = volume.target_path(settings.volume_root, entry.kind, entry.name)
         try:
             target = Target(entry.role or entry.name, entry.url, path, entry.size, entry.sha256)
             print(
-                f"{entry.name}: {'on demand, for the jobs' if entry.on_demand else fetch(target, ctx, True)}"
+                f"{entry.name}: "
+                + ("on demand, for the jobs" if entry.on_demand else fetch(target, ctx, True))
             )
         except WorkerError as exc:
             log.error("%s: %s", entry.name, exc.message)
@@ -90,9 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for command in ("ensure", "status", "verify"):
         sub = commands.add_parser(command)
         if command != "status":
-            sub.add_argument(
-                "names", nargs="*", metavar="NAME", help="only these files (file names or roles)"
-            )
+            sub.add_argument("names", nargs="*", metavar="NAME", help="only these files (names or roles)")
     try:
         args = parser.parse_args(argv)
         settings, manifest, only = Settings.from_env(), manifest_from_env(os.environ), vars(args).get("names")

@@ -1,12 +1,8 @@
 """Make model files present on the volume, in named steps (:func:`fetch`): a stat when the file is there; RunPod's
-model cache, linked in place; the size and sha256 the source announces; the lock; look again; download into a
-staging folder of this writer's own (huggingface_hub for the Hub, :mod:`.sources`); check the
-sha256; rename into place; record it; remove the staging folder.
-
-Correctness never rests on the lock (:mod:`filelock`, best effort): each writer renames only a file it verified,
-so a lock that lies costs a second download, nothing more. A job's downloads run in threads of their own; the job
-waits for them or for its cancel event, and a cancelled job leaves them to finish for the jobs that follow (whose
-request for the same file waits on the lock for it).
+model cache; the size and sha256 the source announces; the lock (best effort: a lock that lies costs a second
+download, as each writer renames only a file it verified); look again; download into a staging folder of its own
+(:mod:`.sources`); check the sha256; rename; record it. A job waits for its downloads (threads of their own) or
+for its cancel event; a cancelled job leaves them to finish for the next job, which waits on the lock for them.
 """
 
 from __future__ import annotations
@@ -21,9 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from filelock import FileLock, Timeout
 
@@ -36,6 +31,7 @@ from .names import SAFE_EXTENSIONS
 from .volume import FOLDER_KINDS, State, file_status
 
 log = logging.getLogger("worker.models")
+Action = Literal["present", "verified", "linked from the model cache", "downloaded"]
 
 
 def human_bytes(count: float) -> str:
@@ -44,7 +40,6 @@ def human_bytes(count: float) -> str:
 
 @contextmanager
 def file_lock(path: Path, timeout: float) -> Iterator[bool]:
-    """Holds the lock on ``path`` if it can be had within ``timeout``; yields whether it is held."""
     lock = FileLock(path)
     try:
         lock.acquire(timeout=timeout)
@@ -57,9 +52,7 @@ def file_lock(path: Path, timeout: float) -> Iterator[bool]:
         lock.release()
 
 
-class Target(NamedTuple):
-    """A file to make present: the job field it is for, its source, where it goes and what it must be."""
-
+class Target(NamedTuple):  # a file to make present: the field it is for, its source, where, what it must be
     field: str
     url: str
     path: Path
@@ -71,26 +64,15 @@ class Target(NamedTuple):
         return f"{self.field} ({redact_url(self.url)})"
 
 
-class ModelRef(NamedTuple):
-    """A model file a job gives a URL for (saved under ``name`` when given), or a manifest's on-demand file."""
-
+class ModelRef(NamedTuple):  # a model file a job gives a URL for, or a manifest's on-demand file
     field: str
     kind: str
     url: str
     name: str | None = None
 
 
-class Action(StrEnum):
-    PRESENT = "present"
-    VERIFIED = "verified"
-    CACHED = "linked from the model cache"
-    DOWNLOADED = "downloaded"
-
-
 @dataclass
-class Context:
-    """One job's (or one ``models ensure``'s) fetching; tests shorten the retries or replace the lock."""
-
+class Context:  # one job's (or ``models ensure``'s) fetching; tests shorten the retries or replace the lock
     settings: Settings
     manifest: Manifest = field(default_factory=load_manifest)
     job_id: str = ""
@@ -116,11 +98,11 @@ def _ready(target: Target, ctx: Context, verify: bool, locked: bool) -> Action |
     """How the file is usable already, or None. With ``verify``, and the lock, a file never hashed is hashed."""
     state, size, _ = file_status(target.path, target.size, target.sha256)
     if state is State.VERIFIED or (state is State.UNVERIFIED and not (verify and target.sha256)):
-        return Action.PRESENT
+        return "present"
     if locked and state is State.UNVERIFIED:
         ctx.say("hashing %s once (%s); later its size and date count", target.path, human_bytes(size or 0))
         if volume.verify_file(target.path) == target.sha256:
-            return Action.VERIFIED
+            return "verified"
     if locked and state is not State.MISSING:
         state = State.CORRUPT if state is State.UNVERIFIED else state
         ctx.say("%s is %s; fetching it again", target.path, state, level=logging.WARNING)
@@ -128,7 +110,6 @@ def _ready(target: Target, ctx: Context, verify: bool, locked: bool) -> Action |
 
 
 def _link(target: Target, blob: Path, sha256: str | None, ctx: Context) -> Action:
-    """A relative symbolic link to the cached ``blob`` under the file's name (ComfyUI follows it)."""
     link = target.path.with_name(f".{target.path.name}.{uuid.uuid4().hex}.link")
     try:
         os.symlink(os.path.relpath(blob, target.path.parent), link)
@@ -137,8 +118,8 @@ def _link(target: Target, blob: Path, sha256: str | None, ctx: Context) -> Actio
         link.unlink(missing_ok=True)
     if sha256 is not None:
         volume.write_record(target.path, sha256)
-    ctx.say("%s: %s is in RunPod's model cache: used in place", target.field, target.path.name)
-    return Action.CACHED
+    ctx.say("%s: %s is in RunPod's model cache: linked in place", target.field, target.path.name)
+    return "linked from the model cache"
 
 
 def _complete(target: Target, ctx: Context, remote: tuple[int | None, str | None] | None = None) -> Target:
@@ -158,12 +139,7 @@ def _complete(target: Target, ctx: Context, remote: tuple[int | None, str | None
 
 def _download(target: Target, staging: Path, ctx: Context) -> tuple[Path, str]:
     """Fetch into ``staging``, then check the sha256 (or, when none is known, a safetensors file's header)."""
-    settings, source, name, logged = (
-        ctx.settings,
-        sources.hub_file(target.url),
-        target.path.name,
-        [time.monotonic()],
-    )
+    settings, source, name, logged = ctx.settings, sources.hub_file(target.url), target.path.name, [0.0]
     ctx.say("downloading %s from %s into %s", name, redact_url(target.url), target.path.parent)
 
     def meter(done: int, total: int | None) -> None:
@@ -181,9 +157,7 @@ def _download(target: Target, staging: Path, ctx: Context) -> tuple[Path, str]:
             part = staging / name
             sha256 = sources.from_host(opener, part, meter, target.label, target.size, ctx.retry)
     if target.sha256 not in (None, sha256):
-        message = (
-            f"{target.label}: the sha256 of the downloaded bytes did not match (expected {target.sha256}, got"
-        )
+        message = f"{target.label}: the sha256 of the bytes did not match (expected {target.sha256}, got"
         details = [{"field": target.field, "expected_sha256": target.sha256, "sha256": sha256}]
         raise ModelDownloadFailed(f"{message} {sha256}); the file was discarded", details=details)
     with part.open("rb") as fh:
@@ -222,7 +196,7 @@ def fetch(target: Target, ctx: Context, verify: bool = False) -> Action:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         ctx.say("downloaded %s in %.0f s, sha256 %s", target.path.name, time.monotonic() - started, sha256)
-        return Action.DOWNLOADED
+        return "downloaded"
     except WorkerError:
         raise
     except OSError as exc:  # the volume itself: read-only, full, gone
@@ -275,9 +249,8 @@ def _ensure_url(ref: ModelRef, ctx: Context) -> str:
         with ctx.opener(ref.url, ref.field) as opener:
             probed = sources.probe(opener, label, ctx.retry)
     _, disposition, final_url, _ = probed or (None, None, ref.url, None)
-    name = _claim(
-        ctx, ref, ref.name or policy.derive_name(ref.field, ref.url, final_url, disposition, ctx.settings)
-    )
+    name = ref.name or policy.derive_name(ref.field, ref.url, final_url, disposition, ctx.settings)
+    name = _claim(ctx, ref, name)
     target = Target(ref.field, ref.url, volume.target_path(root, ref.kind, name))
     if probed or target.path.exists():  # a file of that name may be another: compare its size and hash
         target = _complete(target, ctx, probed[::3] if probed else None)

@@ -1,6 +1,5 @@
-"""The model files of one job: its URLs and the manifest's on-demand files fetched into the volume, every file
-checked against ComfyUI's listing (which the handler hands in as a function) before anything is queued.
-"""
+"""The model files of one job: its URLs and the manifest's on-demand files fetched into the volume, and every
+file checked against ComfyUI's listing (which the handler hands in as a function) before anything is queued."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from .fetch import Context, ModelRef, ensure_refs
 from .manifest import default_names, on_demand_entry
 from .volume import FOLDER_KINDS
 
-Listing = Callable[[str], list[str] | None]
-"""The file names a model folder holds, or None when that cannot be told."""
+Listing = Callable[[str], list[str] | None]  # the file names a model folder holds, None when unknown
 
 
 def url_refs(job: JobInput) -> list[ModelRef]:
@@ -51,9 +49,7 @@ def resolve(
     """Fetch what the job gives as URLs, and the manifest's on-demand files its graph loads (the first time one
     is needed); returns the file names the graph will load."""
     defaults, refs = default_names(), url_refs(job)
-    names = {
-        r.name: (job.model_name(r.name) if r.job_field else None) or defaults.get(r.name) for r in roles.ROLES
-    }
+    names = {r.name: (r.job_field and job.model_name(r.name)) or defaults.get(r.name) for r in roles.ROLES}
     for role in roles.ROLES:
         entry = on_demand_entry(role.kind, names[role.name] or "")
         if entry and role.used_by(job, named=True) and not (role.job_field and job.model_url(role.name)):
@@ -91,10 +87,9 @@ def missing_model(field: str, kind: str, name: str, *, named_by_job: bool) -> Mo
         if named_by_job
         else "the default models are fetched by `python -m worker models ensure` (start.sh runs it)"
     )
-    return ModelMissing(
-        f"{field}: the model file {name!r} was not found in the volume folder {folder}/ (ComfyUI folder {kind}); {hint}",
-        details=[{"field": field, "file": name, "folder": f"{folder}/", "comfy_folder": kind}],
-    )
+    where = f"the volume folder {folder}/ (ComfyUI folder {kind})"
+    details = [{"field": field, "file": name, "folder": f"{folder}/", "comfy_folder": kind}]
+    return ModelMissing(f"{field}: the model file {name!r} was not found in {where}; {hint}", details=details)
 
 
 def check_available(list_models: Listing, files: ModelFiles, job: JobInput) -> None:
@@ -105,10 +100,8 @@ def check_available(list_models: Listing, files: ModelFiles, job: JobInput) -> N
             listings[kind] = None if (found := list_models(kind)) is None else set(found)
         if (available := listings[kind]) is not None and name not in available:
             role = roles.BY_NAME.get(field)
-            by_job = (
-                role is not None and role.job_field and bool(job.model_name(field) or job.model_url(field))
-            )
-            raise missing_model(field, kind, name, named_by_job=by_job or field.startswith("lora_pairs["))
+            mine = role is not None and role.job_field and bool(job.model_name(field) or job.model_url(field))
+            raise missing_model(field, kind, name, named_by_job=mine or field.startswith("lora_pairs["))
 
 
 def missing_from_validation(err: ComfyValidationError) -> ModelMissing | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import BeforeValidator, Field
 
 from .volume import FOLDER_KINDS
 
@@ -25,32 +25,24 @@ class ManifestError(ValueError):
     """The manifest file is not valid."""
 
 
-def _kind(kind: str) -> str:
-    if kind not in FOLDER_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(FOLDER_KINDS)}")
-    return kind
-
-
 class ManifestEntry(pydantic.BaseModel, frozen=True):
     """One file; ``role`` says what a job uses it for (``high_model``, ``lightning_low`` ...)."""
 
     role: str | None = None
     name: Annotated[str, Field(pattern=r"^[^./\\][^/\\]*$")]
-    kind: Annotated[str, AfterValidator(_kind)]
+    kind: str
     url: str
     size: pydantic.PositiveInt | None = None
     sha256: Annotated[str, BeforeValidator(str.lower), Field(pattern="^[0-9a-f]{64}$")] | None = None
     fetch: Literal["start", "on_demand"] = "start"
 
     @pydantic.model_validator(mode="after")
-    def _known_unless_on_demand(self) -> ManifestEntry:
+    def _check(self) -> ManifestEntry:
+        if self.kind not in FOLDER_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FOLDER_KINDS)}")
         if not self.on_demand and None in (self.role, self.size, self.sha256):
             raise ValueError('role, size and sha256 may be null only with "fetch": "on_demand"')
         return self
-
-    @property
-    def folder(self) -> str:
-        return FOLDER_KINDS[self.kind]
 
     @property
     def on_demand(self) -> bool:

@@ -62,10 +62,8 @@ def check_host(url: str, *, field: str, settings: Settings) -> None:
     allowed = [p.strip().lower().removeprefix("*.").rstrip(".") for p in settings.allowed_model_hosts]
     if not any(p and (host == p or host.endswith("." + p)) for p in allowed):
         listed = ", ".join(settings.allowed_model_hosts) or "none"
-        message = (
-            f"{field}: the host {host!r} is not allowed for model downloads; allowed hosts: {listed} and"
-        )
-        message += " their subdomains (ALLOWED_MODEL_HOSTS changes the list)"
+        message = f"{field}: the host {host!r} is not allowed for model downloads; allowed hosts: {listed}"
+        message += " and their subdomains (ALLOWED_MODEL_HOSTS changes the list)"
         raise UrlNotAllowed(message, details=[{"field": field, "url": redact_url(url)}])
 
 
@@ -81,9 +79,7 @@ def check_url_rules(url: str, *, field: str, settings: Settings) -> None:
     except ValueError as exc:
         raise UrlNotAllowed(f"{field} is not a valid URL ({exc})", details=[{"field": field}]) from None
     if scheme not in schemes(settings):
-        hint = (
-            "" if settings.allow_http_model_urls else " (plain http only when ALLOW_HTTP_MODEL_URLS is set)"
-        )
+        hint = " (plain http only when ALLOW_HTTP_MODEL_URLS is set)" * (not settings.allow_http_model_urls)
         message = f"{field}: model URLs must use https, not {scheme or 'no scheme'!r}{hint}"
         raise UrlNotAllowed(message, details=[{"field": field, "url": redact_url(url)}])
     check_host(url, field=field, settings=settings)
@@ -92,13 +88,8 @@ def check_url_rules(url: str, *, field: str, settings: Settings) -> None:
 def check_model_url(url: str, *, field: str, settings: Settings, resolver: Resolver) -> None:
     """Every rule a model URL must pass before a request: scheme, host list, public address."""
     check_url_rules(url, field=field, settings=settings)
-    check_url(
-        url,
-        field=field,
-        schemes=schemes(settings),
-        allow_private=settings.allow_private_urls,
-        resolver=resolver,
-    )
+    allowed, private = schemes(settings), settings.allow_private_urls
+    check_url(url, field=field, schemes=allowed, allow_private=private, resolver=resolver)
 
 
 def check_size(size: int | None, *, field: str, url: str, settings: Settings) -> None:

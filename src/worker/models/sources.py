@@ -1,11 +1,7 @@
-"""Where a model file's bytes come from, into a staging folder of the caller's own.
-
-The Hub (a URL on huggingface.co, hf.co or ``HF_ENDPOINT``'s host: ``[/datasets|/spaces]/<repo>/resolve/<rev>/
-<path>``): RunPod's model cache, else huggingface_hub (and hf_xet) from ``HF_ENDPOINT`` with ``HF_TOKEN`` (kept off
-the CDN); it does not check plain HTTP downloads against their sha256, so the caller does. Other hosts: one GET
-through a :data:`.policy.Opener` (every redirect checked, tokens only to their own hosts), hashed as written; a
-cut transfer is tried again with backoff (tenacity), asking with ``Range`` for the bytes it lacks.
-"""
+"""Where a model file's bytes come from. The Hub (a ``[/datasets|/spaces]/<repo>/resolve/<rev>/<path>`` URL on
+huggingface.co, hf.co or ``HF_ENDPOINT``'s host): RunPod's model cache, else huggingface_hub (and hf_xet) from
+``HF_ENDPOINT`` with ``HF_TOKEN``. Other hosts: one GET through a :data:`.policy.Opener`, hashed as written, a cut
+transfer resumed with ``Range`` after a backoff (tenacity)."""
 
 from __future__ import annotations
 
@@ -43,8 +39,7 @@ class HubFile(NamedTuple):
     revision: str
 
 
-def endpoint() -> str:
-    """The Hub's address: ``HF_ENDPOINT`` as huggingface_hub reads it, looked up at each call."""
+def endpoint() -> str:  # HF_ENDPOINT as huggingface_hub reads it, looked up at each call
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
@@ -76,8 +71,7 @@ def cached(file: HubFile, cache: Path, size: int | None, sha: str | None) -> tup
     return None if (size not in (None, blob.stat().st_size)) or sha not in (None, named) else (blob, named)
 
 
-def _hub_failed(label: str, exc: Exception) -> ModelDownloadFailed:
-    """What a huggingface_hub error means (its own message, which may quote addresses, is left out)."""
+def _hub_failed(label: str, exc: Exception) -> ModelDownloadFailed:  # its own message may quote addresses
     status = getattr(getattr(exc, "response", None), "status_code", None)
     hint = "; a gated or private file needs HF_TOKEN" if status in (401, 403) else "; check the URL"
     what = f"{type(exc).__name__}, HTTP {status}" if status else type(exc).__name__
@@ -96,45 +90,34 @@ def hub_metadata(file: HubFile, settings: Settings, label: str) -> tuple[int | N
     return meta.size, meta.etag if meta.etag and _SHA256.fullmatch(meta.etag) else None
 
 
-class _Bar:
-    """What huggingface_hub asks of a tqdm bar: the bytes written go to ``meter``; nothing is drawn."""
-
-    meter: Meter
-
-    def __init__(self, *_: Any, total: int | None = None, initial: int = 0, **__: Any) -> None:
-        self.n, self.total = initial, total
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        self.meter(self.n, self.total)
-
-    def update_transfer(self, n: int = 1) -> None:
-        """Xet's network bytes: this method makes huggingface_hub show one bar, of the bytes written."""
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *_, **__: None  # close, refresh, set_postfix_str ...: nothing to draw
-
-
 def from_hub(file: HubFile, into: Path, meter: Meter, settings: Settings, label: str) -> Path:
-    from huggingface_hub import hf_hub_download
+    """Fetch the file into the folder ``into`` with huggingface_hub, which does not check its sha256."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils.tqdm import tqdm
+
+    class Bar(tqdm):  # what huggingface_hub reports progress to: the bytes written go to ``meter``
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})  # type: ignore[no-untyped-call]
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+            meter(self.n, self.total)
+
+        def update_transfer(
+            self, n: int = 1
+        ) -> None:  # Xet's network bytes: with it, one bar, of bytes written
+            pass
 
     os.environ.setdefault("HF_XET_CLIENT_AC_INITIAL_DOWNLOAD_CONCURRENCY", str(settings.download_connections))
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = max(1, round(settings.model_read_timeout_s))
     token, hub = settings.hf_token or False, endpoint()
-    bar = type("Bar", (_Bar,), {"meter": staticmethod(meter)})
     try:
-        return Path(
-            hf_hub_download(**file._asdict(), local_dir=into, token=token, endpoint=hub, tqdm_class=bar)
-        )
+        path = hf_hub_download(**file._asdict(), local_dir=into, token=token, endpoint=hub, tqdm_class=Bar)
     except WorkerError:  # from ``meter``
         raise
     except Exception as exc:
         raise _hub_failed(label, exc) from exc
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -144,24 +127,20 @@ class Retry:
 
     def call(self, action: Callable[[], T], label: str) -> T:
         """``action()``, tried again after a retryable failure, ``attempts`` times at most, with backoff."""
-        wait = tenacity.wait_exponential_jitter(
-            multiplier=self.backoff_s, max=30 * self.backoff_s, jitter=self.backoff_s
-        )
+        backoff = self.backoff_s
+        wait = tenacity.wait_exponential_jitter(multiplier=backoff, max=30 * backoff, jitter=backoff)
         retry, stop = tenacity.retry_if_exception_type(RETRYABLE), tenacity.stop_after_attempt(self.attempts)
         try:
             return tenacity.Retrying(retry=retry, stop=stop, wait=wait)(action)
         except tenacity.RetryError as exc:
-            cause = (
-                exc.last_attempt.exception()
-            )  # its text may quote the URL: only this module's own is shown
+            cause = exc.last_attempt.exception()  # its text may quote the URL: only ours is shown
             why = str(cause) if type(cause) is ConnectionError else type(cause).__name__
             raise ModelDownloadFailed(
                 f"{label}: the transfer failed ({why}; {self.attempts} tries)"
             ) from cause
 
 
-def _linked(response: requests.Response, header: str) -> str:
-    """A header of the answer or of a redirect before it (the Hub announces a file's size and sha256 so)."""
+def _linked(response: requests.Response, header: str) -> str:  # of the answer, or of a redirect before it
     return next((hop.headers[header] for hop in (response, *response.history) if header in hop.headers), "")
 
 

@@ -31,8 +31,7 @@ class State(StrEnum):
     MISSING = "missing"
 
     @property
-    def usable(self) -> bool:
-        """The file may be given to ComfyUI: its size matches and no check found it corrupt."""
+    def usable(self) -> bool:  # its size matches and no check found it corrupt
         return self in (State.VERIFIED, State.UNVERIFIED)
 
 
@@ -79,10 +78,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def write_record(path: Path, sha256: str) -> None:
     st = path.stat()
-    write_json(
-        record_path(path),
-        {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256},
-    )
+    write_json(record_path(path), {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256})
 
 
 def file_status(path: Path, size: int | None = None, sha256: str | None = None) -> Status:
@@ -111,17 +107,14 @@ def verify_file(path: Path, record: bool = True) -> str:
 
 
 def new_staging(root: Path) -> Path:
-    """A folder of this writer's own, on the volume but in no folder that ComfyUI lists."""
+    """A folder of this writer's own, on the volume but in no folder that ComfyUI lists. Those of writers long
+    gone (a killed process leaves its own) are removed."""
+    for old in (root / STAGING).glob("*"):
+        newest = max((p.stat().st_mtime for p in [old, *old.rglob("*")] if p.exists()), default=0.0)
+        if time.time() - newest > STALE_S:
+            shutil.rmtree(old, ignore_errors=True)
     (staging := root / STAGING / uuid.uuid4().hex).mkdir(parents=True)
     return staging
-
-
-def remove_stale_staging(root: Path) -> None:
-    """Remove the staging folders of writers long gone (a killed process leaves its own)."""
-    for staging in (root / STAGING).glob("*"):
-        newest = max((p.stat().st_mtime for p in [staging, *staging.rglob("*")] if p.exists()), default=0.0)
-        if time.time() - newest > STALE_S:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def index_path(root: Path, kind: str, url: str) -> Path:
