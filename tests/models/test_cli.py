@@ -13,7 +13,7 @@ import pytest
 
 from worker.models import FOLDER_KINDS
 from worker.models.cli import main
-from worker.models.manifest import at_start, load_manifest
+from worker.models.manifest import load_manifest
 from worker.models.volume import State, file_status, write_record
 
 from .fileserver import FakeHub, model_bytes
@@ -81,14 +81,16 @@ def test_status_shows_what_is_on_the_volume(env: Path, capsys: pytest.CaptureFix
             f"({FOLDER_KINDS[entry.kind]}/, " in line and ("on demand, missing" in line) == entry.on_demand
         ), line
     assert "6 files missing: run `python -m worker models ensure`" in lines
-    assert "6 more fetched on demand (0 present)" in lines
+    assert "6 more fetched on demand by the first job that needs them (0 present)" in lines
 
 
 def test_ensure_with_the_six_defaults_verified_touches_no_content(
     env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = []
-    for entry in at_start(load_manifest()):  # the on-demand ones stay missing: ensure leaves them alone
+    for entry in (
+        e for e in load_manifest() if not e.on_demand
+    ):  # the on-demand ones stay missing: ensure leaves them alone
         assert entry.size is not None and entry.sha256 is not None
         path = env / FOLDER_KINDS[entry.kind] / entry.name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +107,8 @@ def test_ensure_with_the_six_defaults_verified_touches_no_content(
     assert seen == []  # no model file opened, no connection made
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in paths)
     out = capsys.readouterr().out
-    assert out.count(": present") == 6 and "all present" in out
-    assert "film_net_fp16.safetensors: on demand, for the jobs" in out
+    assert out.count(": present\n") == 6 and "all present" in out
+    assert "film_net_fp16.safetensors: on demand, missing (frame_interpolation/, size unknown)" in out
 
 
 def test_ensure_fetches_the_missing_replaces_the_wrong_and_hashes_the_unhashed(
@@ -167,7 +169,7 @@ def test_verify_finds_a_corrupted_file(
     capsys.readouterr()
     assert main(["verify"]) == 1
     out = capsys.readouterr().out
-    assert "vae.safetensors: sha256 " in out and "high.safetensors: verified" in out
+    assert "vae.safetensors: corrupt (sha256 mismatch)" in out and "high.safetensors: verified" in out
     assert main(["status"]) == 1
     assert "vae.safetensors: corrupt (sha256 mismatch)" in capsys.readouterr().out
     assert main(["ensure", "vae"]) == 0
@@ -212,10 +214,13 @@ def test_on_demand_files_are_listed_left_to_the_jobs_and_verified_by_their_recor
     small_manifest(hub, tmp_path, monkeypatch, film=entry)
     assert main(["ensure"]) == 0
     out = capsys.readouterr().out
-    assert "film.safetensors: on demand, for the jobs" in out
+    assert "film.safetensors: on demand" not in out.split("volume:")[0]  # left to the jobs
     assert not any("film" in h.path for h in hub.requests())
     assert "film.safetensors: on demand, missing (frame_interpolation/, size unknown)" in out
-    assert "all present" in out and "1 more fetched on demand (0 present)" in out
+    assert (
+        "all present" in out
+        and "1 more fetched on demand by the first job that needs them (0 present)" in out
+    )
 
     from worker.config import Settings
     from worker.models.fetch import Context, ModelRef, ensure_refs
@@ -227,7 +232,7 @@ def test_on_demand_files_are_listed_left_to_the_jobs_and_verified_by_their_recor
     assert main(["status"]) == 0
     assert "film.safetensors: on demand, verified" in capsys.readouterr().out
     assert main(["verify"]) == 0
-    assert "film.safetensors: verified" in capsys.readouterr().out
+    assert "film.safetensors: on demand, verified" in capsys.readouterr().out
     path = env / "frame_interpolation" / "film.safetensors"
     mtime = path.stat().st_mtime_ns
     with path.open("r+b") as fh:
@@ -235,6 +240,6 @@ def test_on_demand_files_are_listed_left_to_the_jobs_and_verified_by_their_recor
         fh.write(b"\0\0\0\0")
     os.utime(path, ns=(path.stat().st_atime_ns, mtime))  # corrupted in place, its date kept
     assert main(["verify"]) == 1
-    assert "film.safetensors: sha256 " in capsys.readouterr().out
+    assert "film.safetensors: on demand, corrupt (sha256 mismatch)" in capsys.readouterr().out
     assert main(["status"]) == 0  # the defaults are all there; the on-demand file is no longer vouched for
     assert "film.safetensors: on demand, present, not yet hashed" in capsys.readouterr().out

@@ -1,9 +1,8 @@
 """Make model files present on the volume, in named steps (:func:`fetch`): a stat when the file is there; RunPod's
-model cache; the size and sha256 the source announces; the lock (best effort: a lock that lies costs a second
-download, as each writer renames only a file it verified); look again; download into a staging folder of its own
+model cache; the size and sha256 the source announces; the lock (best effort: as each writer renames only a file
+it verified, a lock that lies costs a second download); look again; download into a staging folder of its own
 (:mod:`.sources`); check the sha256; rename; record it. A job waits for its downloads (threads of their own) or
-for its cancel event; a cancelled job leaves them to finish for the next job, which waits on the lock for them.
-"""
+for its cancel event: a cancelled job leaves them to finish for the next one, which waits on the lock."""
 
 from __future__ import annotations
 
@@ -34,7 +33,9 @@ log = logging.getLogger("worker.models")
 Action = Literal["present", "verified", "linked from the model cache", "downloaded"]
 
 
-def human_bytes(count: float) -> str:
+def human_bytes(count: float | None) -> str:
+    if count is None:
+        return "size unknown"
     return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
@@ -147,7 +148,7 @@ def _download(target: Target, staging: Path, ctx: Context) -> tuple[Path, str]:
         ctx.progress[target.field] = (done, total)
         if time.monotonic() - logged[0] >= 15:
             logged[0] = time.monotonic()
-            ctx.say("downloading %s: %s of %s", name, human_bytes(done), human_bytes(total or 0))
+            ctx.say("downloading %s: %s of %s", name, human_bytes(done), human_bytes(total))
 
     if source is not None:
         part = sources.from_hub(source, staging, meter, settings, target.label)

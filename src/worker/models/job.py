@@ -20,16 +20,11 @@ Listing = Callable[[str], list[str] | None]  # the file names a model folder hol
 
 def url_refs(job: JobInput) -> list[ModelRef]:
     """One reference per model the job gives a URL for (named files need no download)."""
-    refs = [
-        ModelRef(f"{role.name}_url", role.kind, url, job.model_name(role.name))
-        for role in roles.JOB_ROLES
-        if (url := job.model_url(role.name))
-    ]
-    for index, pair in enumerate(job.lora_pairs):
+    refs = [(f"{r.name}_url", r.kind, job.model_url(r.name), job.model_name(r.name)) for r in roles.JOB_ROLES]
+    for i, pair in enumerate(job.lora_pairs):
         for side, name, url in (("high", pair.high, pair.high_url), ("low", pair.low, pair.low_url)):
-            if url:
-                refs.append(ModelRef(f"lora_pairs[{index}].{side}_url", roles.LORA_KIND, url, name))
-    return refs
+            refs.append((f"lora_pairs[{i}].{side}_url", roles.LORA_KIND, url, name))
+    return [ModelRef(field, kind, url, name) for field, kind, url, name in refs if url]
 
 
 def check_urls(job: JobInput, settings: Settings) -> None:
@@ -82,10 +77,11 @@ def wanted(files: ModelFiles, job: JobInput) -> Iterator[tuple[str, str, str]]:
 
 def missing_model(field: str, kind: str, name: str, *, named_by_job: bool) -> ModelMissing:
     folder = FOLDER_KINDS.get(kind, kind)
+    hint = "the default models are fetched by `python -m worker models ensure` (start.sh runs it)"
     hint = (
         f"put the file there, or give {field.removesuffix('_url')}_url to download it"
         if named_by_job
-        else "the default models are fetched by `python -m worker models ensure` (start.sh runs it)"
+        else hint
     )
     where = f"the volume folder {folder}/ (ComfyUI folder {kind})"
     details = [{"field": field, "file": name, "folder": f"{folder}/", "comfy_folder": kind}]

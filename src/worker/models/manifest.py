@@ -1,8 +1,6 @@
-"""The default model files, as data: ``manifest.json`` in the package, read once; ``MODELS_MANIFEST`` (read
-by the CLI only) names a file of the same shape to use instead, e.g. a mirror's. A file fetched ``on_demand`` (by
-the first job whose graph loads it, not at start) may leave ``size`` and ``sha256`` null (the download is then
-checked against the sha256 the Hub announces) and ``role`` null (an alternative file, no role's default).
-"""
+"""The default model files: ``manifest.json`` in the package, read once (``MODELS_MANIFEST``, read by the CLI,
+may name another). A file fetched ``on_demand`` (by the first job that needs it) may leave ``size`` and ``sha256``
+null (the sha256 the Hub announces is checked) and ``role`` null (an alternative file, no role's default)."""
 
 from __future__ import annotations
 
@@ -87,11 +85,6 @@ def manifest_from_env(env: Mapping[str, str]) -> Manifest:
 def default_names(manifest: Manifest | None = None) -> dict[str, str]:
     """Role -> default file name, e.g. ``{"vae": "wan_2.1_vae.safetensors"}``."""
     return {e.role: e.name for e in manifest or load_manifest() if e.role is not None}
-
-
-def at_start(manifest: Manifest) -> Manifest:
-    """The entries ``python -m worker models ensure`` fetches."""
-    return tuple(e for e in manifest if not e.on_demand)
 
 
 def find(manifest: Manifest, kind: str, name: str = "", url: str = "") -> ManifestEntry | None:

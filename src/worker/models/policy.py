@@ -1,8 +1,6 @@
-"""Rules for model URLs and file names, on :mod:`worker.netsafe`: https (http only with ALLOW_HTTP_MODEL_URLS),
-public addresses (every redirect and the connected socket checked again), a host of ALLOWED_MODEL_HOSTS or one of
-its subdomains, a file name by :mod:`.names`' rule (the job contract's too), and tokens only to their own hosts
-over https: HF_TOKEN to huggingface.co and hf.co, CIVITAI_TOKEN to civitai.com.
-"""
+"""Rules for model URLs (on :mod:`worker.netsafe`): https, public addresses, hosts of ALLOWED_MODEL_HOSTS, every
+redirect checked; file names by :mod:`.names`; tokens only to their own hosts (HF_TOKEN to huggingface.co and
+hf.co, CIVITAI_TOKEN to civitai.com), over https."""
 
 from __future__ import annotations
 
@@ -46,9 +44,8 @@ def derive_name(field: str, url: str, final_url: str, disposition: str | None, s
     """The name to save a download under when the job gave none: the server's ``Content-Disposition`` (Civitai's
     URLs end in a number), then the last part of the URL's path, then that of the URL redirected to."""
     paths = (unquote(PurePosixPath(urlsplit(u).path).name) for u in (url, final_url))
-    candidates = [
-        c for c in map(names.sanitize, filter(None, [disposition_filename(disposition), *paths])) if c
-    ]
+    raw = filter(None, [disposition_filename(disposition), *paths])
+    candidates = [c for c in map(names.sanitize, raw) if c]
     ends = names.allowed_extensions(settings.allow_pickle_models)
     for candidate in [c for c in candidates if c.lower().endswith(ends)] or candidates[:1]:
         return check_name(candidate, field=field, settings=settings)

@@ -54,8 +54,7 @@ def hub_file(url: str) -> HubFile | None:
 
 
 def cached(file: HubFile, cache: Path, size: int | None, sha: str | None) -> tuple[Path, str | None] | None:
-    """The file in a Hub cache (RunPod's model cache), with no request: (its blob, the blob's sha256 when named by
-    it, as LFS files are). A blob of another size or sha256 than expected does not count."""
+    """(blob, its sha256 when named by it, as LFS blobs are) of the file in a Hub cache, with no request."""
     if not cache.is_dir():
         return None
     from huggingface_hub import try_to_load_from_cache
@@ -103,9 +102,7 @@ def from_hub(file: HubFile, into: Path, meter: Meter, settings: Settings, label:
             self.n += n
             meter(self.n, self.total)
 
-        def update_transfer(
-            self, n: int = 1
-        ) -> None:  # Xet's network bytes: with it, one bar, of bytes written
+        def update_transfer(self, n: int = 1) -> None:  # Xet's network bytes: with it, a single bar
             pass
 
     os.environ.setdefault("HF_XET_CLIENT_AC_INITIAL_DOWNLOAD_CONCURRENCY", str(settings.download_connections))
@@ -135,9 +132,8 @@ class Retry:
         except tenacity.RetryError as exc:
             cause = exc.last_attempt.exception()  # its text may quote the URL: only ours is shown
             why = str(cause) if type(cause) is ConnectionError else type(cause).__name__
-            raise ModelDownloadFailed(
-                f"{label}: the transfer failed ({why}; {self.attempts} tries)"
-            ) from cause
+            message = f"{label}: the transfer failed ({why}; {self.attempts} tries)"
+            raise ModelDownloadFailed(message) from cause
 
 
 def _linked(response: requests.Response, header: str) -> str:  # of the answer, or of a redirect before it
