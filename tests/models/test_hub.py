@@ -175,3 +175,19 @@ def test_a_cancelled_job_returns_at_once_and_the_next_one_gets_the_whole_file(
     assert run([lora(url)], settings) == {lora(url).field: "slow.safetensors"}  # waits for it, or fetches it
     assert path.read_bytes() == data and leftovers(volume) == []
     assert len([h for h in hub.cdn.requests() if not h.range]) == 1  # the one download, finished for this job
+
+
+def test_a_volume_without_symbolic_links_downloads_the_cached_file_instead(
+    hub: FakeHub, settings: Settings, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = model_bytes(SIZE, seed=9)
+    url = hub.add("org/nolinks", "n.safetensors", data)
+    hub_cache(volume, "org/nolinks", "n.safetensors", data)
+
+    def refused(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", refused)
+    assert run([lora(url)], settings) == {lora(url).field: "n.safetensors"}
+    path = volume / "loras" / "n.safetensors"
+    assert not path.is_symlink() and path.read_bytes() == data

@@ -6,6 +6,7 @@ for its cancel event: a cancelled job leaves them to finish for the next one, wh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -181,7 +182,8 @@ def fetch(target: Target, ctx: Context, verify: bool = False) -> Action:
         source, cache = sources.hub_file(target.url), ctx.settings.volume_root / volume.HF_CACHE
         unusable = not file_status(target.path, target.size, target.sha256).state.usable
         if source and unusable and (found := sources.cached(source, cache, target.size, target.sha256)):
-            return _link(target, *found, ctx)
+            with contextlib.suppress(OSError):  # a volume without symbolic links: the file is downloaded
+                return _link(target, *found, ctx)
         target = target if target.size is not None else _complete(target, ctx)
         lock = target.path.with_name(f".{target.path.name}.lock")
         with ctx.lock(lock, ctx.settings.model_lock_timeout_s) as held:
