@@ -88,6 +88,10 @@ pydantic==2.13.4
 pydantic-settings==2.14.1
 boto3==1.44.8
 pillow==13.0.0
+huggingface_hub==2.4.0
+hf-xet==1.8.0
+filelock==4.3.2
+tenacity==9.2.1
 EOF
 
 RUN python3 -m venv "$VIRTUAL_ENV" \

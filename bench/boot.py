@@ -17,14 +17,13 @@ from pathlib import Path
 
 from worker.models import FOLDER_KINDS, load_manifest
 from worker.models.cli import main as models_main
-from worker.models.manifest import at_start
 from worker.models.volume import write_record
 
 TARGET_S = 0.100
 
 
 def lay_out_defaults(root: Path) -> None:
-    for entry in at_start(load_manifest()):
+    for entry in (e for e in load_manifest() if not e.on_demand):
         path = root / FOLDER_KINDS[entry.kind] / entry.name
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:

@@ -136,14 +136,15 @@ class Settings(BaseSettings):
     max_model_gb: float = setting(40.0, "Largest model file (GB)", ge=0.001)
     """Largest on-demand model download."""
     download_connections: int = setting(8, "Download connections", ge=1)
-    """Ranged connections per large model download."""
+    """Connections a Hugging Face (Xet) download starts with; hf_xet then adapts them to the network. A file from
+    another host comes in one resumable stream."""
     model_read_timeout_s: float = setting(60.0, "Model read timeout (s)", ge=0.1)
     """How long a model download waits for the server's next bytes before it tries again."""
     model_lock_timeout_s: float = setting(3 * 3600.0, "Model lock timeout (s)", ge=1)
-    """How long a worker waits for another worker's download of the same file."""
+    """How long a worker waits for another worker's download of the same file before it fetches the file itself."""
     hf_token: str = setting("", "Hugging Face token", basic=True, secret=True)
     """Token for gated or private Hugging Face files named by a job's URLs (the default models need none); sent
-    only to Hugging Face, never logged."""
+    only to the Hub (`HF_ENDPOINT`), never to its CDN, never logged."""
     civitai_token: str = setting("", "Civitai token", basic=True, secret=True)
     """Token for Civitai model URLs that require one; sent only to Civitai, never logged."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import roles
+from .models import roles
 from .schema import CONTEXT_WINDOW, JobInput
 
 Graph = dict[str, dict[str, Any]]

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import cleanup, deliver, framing, graph, jobmodels, media
+from . import cleanup, deliver, framing, graph, media
 from .comfy import ComfyClient, Outcome, OutputFile, Watch
 from .config import Settings
 from .errors import (
@@ -39,6 +39,7 @@ from .errors import (
     NoOutput,
     WorkerError,
 )
+from .models import job as jobmodels
 from .progress import ProgressReporter, Sender, runpod_sender
 from .schema import JobInput, describe_errors, parse_job_input
 

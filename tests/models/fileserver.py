@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import re
@@ -286,6 +287,52 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+COMMIT = "c0ffee" * 6 + "c0ff"
+
+
+class FakeHub:
+    """The Hub's ``resolve`` endpoint as ``HF_ENDPOINT`` reaches it: ``HEAD``/``GET /<repo>/resolve/<rev>/<path>``
+    answers 302 to a CDN on another origin (as the Hub does, so huggingface_hub keeps the token off it) with
+    ``X-Linked-Etag`` (the sha256), ``X-Linked-Size``, ``X-Repo-Commit`` and ``ETag``; the CDN honours ``Range``.
+
+    ``with FakeHub() as hub: url = hub.add("org/repo", "sub/x.safetensors", data)`` gives the file's
+    ``https://huggingface.co/...`` URL; point ``HF_ENDPOINT`` at ``hub.url``."""
+
+    def __init__(self) -> None:
+        self.hub, self.cdn = FileServer(), FileServer()
+
+    @property
+    def url(self) -> str:
+        return self.hub.url("")
+
+    def add(
+        self, repo: str, path: str, data: bytes | Path, *, announce: dict[str, str] | None = None, **cdn: Any
+    ) -> str:
+        """Serve ``data`` as ``<repo>/resolve/main/<path>``; ``announce`` replaces the announced headers;
+        ``cdn`` are :class:`Resource` options of the bytes (``cut_after``, ``wrong``, ``throttle_bps`` ...)."""
+        if isinstance(data, Path):
+            with data.open("rb") as fh:
+                sha, size = hashlib.file_digest(fh, "sha256").hexdigest(), data.stat().st_size
+        else:
+            sha, size = hashlib.sha256(data).hexdigest(), len(data)
+        headers = {"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(size), "ETag": f'"{sha}"'}
+        resolve = f"/{repo}/resolve/main/{path}"
+        location = self.cdn.add(f"/blobs/{sha}", data, **cdn)
+        self.hub.redirect(resolve, location, {**headers, "X-Repo-Commit": COMMIT, **(announce or {})})
+        return "https://huggingface.co" + resolve
+
+    def requests(self) -> list[Hit]:
+        """Every request either server saw."""
+        return self.hub.requests() + self.cdn.requests()
+
+    def __enter__(self) -> FakeHub:
+        self.hub.start(), self.cdn.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.hub.close(), self.cdn.close()
+
+
 def model_bytes(size: int, seed: int = 0) -> bytes:
     """``size`` bytes that look like a safetensors file: an 8-byte header length, a JSON header, then data."""
     header = b'{"__metadata__":{}}'
@@ -309,16 +356,17 @@ def write_model_file(path: Path, size: int, seed: int = 0) -> Path:
 
 
 def serve_file(argv: list[str] | None = None) -> None:
-    """``python tests/models/fileserver.py FILE [--throttle BYTES_PER_S] [--no-ranges]``: serve one file at
-    ``/<name>`` in this process (so the client measured does not share its interpreter); prints the URL."""
+    """``python tests/models/fileserver.py FILE [--throttle BYTES_PER_S]``: serve one file in this process (so
+    that the client measured does not share its interpreter), both at ``/<name>`` and through a fake Hub; prints
+    ``{"url": ..., "endpoint": ..., "hub_url": ...}`` as one line of JSON."""
     parser = argparse.ArgumentParser()
     parser.add_argument("file", type=Path)
     parser.add_argument("--throttle", type=float, default=None, help="bytes per second per connection")
-    parser.add_argument("--no-ranges", action="store_true")
     args = parser.parse_args(argv)
-    server = FileServer().start()
-    url = server.add(f"/{args.file.name}", args.file, throttle_bps=args.throttle, ranges=not args.no_ranges)
-    print(url, flush=True)
+    server, hub = FileServer().start(), FakeHub().__enter__()
+    url = server.add(f"/{args.file.name}", args.file, throttle_bps=args.throttle)
+    hub_url = hub.add("bench/repo", args.file.name, args.file, throttle_bps=args.throttle)
+    print(json.dumps({"url": url, "endpoint": hub.url, "hub_url": hub_url}), flush=True)
     threading.Event().wait()
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from worker.models import FOLDER_KINDS, default_names, load_manifest, on_demand_entry
-from worker.models.manifest import ManifestError, at_start, parse_manifest
+from worker.models import FOLDER_KINDS, default_names, load_manifest
+from worker.models.manifest import ManifestError, on_demand_entry, parse_manifest
 from worker.models.volume import search_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +43,8 @@ EXPECTED = [
 
 
 def test_the_packaged_manifest_lists_the_six_defaults() -> None:
-    manifest = at_start(load_manifest())
-    got = [(e.name, e.folder, e.url, e.size, e.sha256) for e in manifest]
+    manifest = [e for e in load_manifest() if not e.on_demand]
+    got = [(e.name, FOLDER_KINDS[e.kind], e.url, e.size, e.sha256) for e in manifest]
     want = [
         (name, folder, f"https://huggingface.co/{repo}/resolve/main/split_files/{sub}/{name}", size, sha)
         for name, folder, repo, sub, size, sha in EXPECTED
@@ -52,7 +54,7 @@ def test_the_packaged_manifest_lists_the_six_defaults() -> None:
 
 def test_the_interpolation_models_are_fetched_on_demand_from_the_hub() -> None:
     entries = [e for e in load_manifest() if e.on_demand]
-    got = [(e.role, e.name, e.kind, e.folder, e.url, e.size, e.sha256) for e in entries]
+    got = [(e.role, e.name, e.kind, FOLDER_KINDS[e.kind], e.url, e.size, e.sha256) for e in entries]
     want = [
         (role, name, "frame_interpolation", "frame_interpolation", INTERPOLATION + name, None, None)
         for role, name in ON_DEMAND
@@ -92,29 +94,55 @@ def test_an_on_demand_entry_may_leave_role_size_and_sha256_open() -> None:
 @pytest.mark.parametrize(
     ("data", "words"),
     [
-        ({}, '"files" list'),
-        ({"files": [{"name": "a.safetensors"}]}, "has no 'role'"),
+        ({}, "files"),
+        ({"files": [{"name": "a.safetensors"}]}, "files.0.kind: Field required"),
         ({"files": [{"role": "r", "name": "a", "kind": "checkpoints", "url": "u", "size": 1, "sha256": "0" * 64}]},
          "kind must be one of"),
         ({"files": [{"role": "r", "name": "a", "kind": "vae", "url": "u", "size": 1, "sha256": "xyz"}]},
-         "64 hexadecimal"),
+         "sha256: String should match pattern"),
         ({"files": [{"role": "r", "name": "../a", "kind": "vae", "url": "u", "size": 1, "sha256": "0" * 64}]},
-         "plain file name"),
+         "name: String should match pattern"),
+        ({"files": [{"role": "r", "name": "a", "kind": "vae", "url": "u", "size": 0, "sha256": "0" * 64}]},
+         "size: Input should be greater than 0"),
         ({"files": [{"role": "r", "name": "a", "kind": "vae", "url": "u", "size": None, "sha256": "0" * 64}]},
-         'size may be null only with "fetch": "on_demand"'),
+         'role, size and sha256 may be null only with "fetch": "on_demand"'),
         ({"files": [{"role": None, "name": "a", "kind": "vae", "url": "u", "size": 1, "sha256": "0" * 64}]},
-         "role may be null only"),
-        ({"files": [{"name": "a", "kind": "vae", "url": "u", "fetch": "later"}]}, "fetch must be one of"),
+         "may be null only"),
+        ({"files": [{"name": "a", "kind": "vae", "url": "u", "fetch": "later"}]}, "fetch: Input should be"),
         ({"files": [{"name": "a", "kind": "vae", "url": "u", "fetch": "on_demand", "sha256": "xyz"}]},
-         "64 hexadecimal"),
+         "sha256: String should match"),
         ({"files": [{"role": "vae", "name": n, "kind": "vae", "url": "u", "fetch": "on_demand"}
                     for n in ("a", "b")]},
-         "a role two default files"),
+         "a role two files"),
+        ({"files": [{"name": "a", "kind": "vae", "url": u, "fetch": "on_demand"} for u in ("u", "v")]},
+         "lists a file twice"),
     ],
 )  # fmt: skip
 def test_a_broken_manifest_is_refused(data: object, words: str) -> None:
-    with pytest.raises(ManifestError, match=words):
+    with pytest.raises(ManifestError) as info:
         parse_manifest(data)
+    assert words in str(info.value)
+
+
+def test_a_manifest_file_that_cannot_be_read_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read"):
+        load_manifest(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ManifestError, match="cannot read"):
+        load_manifest(tmp_path / "bad.json")
+
+
+def test_the_packaged_manifest_is_read_once() -> None:
+    assert load_manifest() is load_manifest()
+
+
+def test_the_role_table_and_the_name_rule_import_no_download_library() -> None:
+    code = (
+        "import sys, worker.models, worker.models.roles, worker.models.names, worker.schema; "
+        "print(sorted({'huggingface_hub', 'requests', 'filelock', 'tenacity', 'worker.config'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_extra_model_paths_map_both_layouts_as_the_worker_searches_them() -> None:

@@ -60,11 +60,17 @@ def test_hosts_off_the_allow_list_are_refused(url: str) -> None:
 
 
 def test_subdomains_of_allowed_hosts_pass_and_wildcards_are_understood() -> None:
-    assert policy.host_allowed("cas-bridge.xethub.hf.co", STRICT.allowed_model_hosts)
-    assert policy.host_allowed("us.civitai.com", STRICT.allowed_model_hosts)
-    assert policy.host_allowed("a.example.org", ("*.example.org",))
-    assert not policy.host_allowed("example.org.attacker.net", ("example.org",))
-    assert not policy.host_allowed("notcivitai.com", STRICT.allowed_model_hosts)
+    def allowed(host: str, settings: Settings = STRICT) -> bool:
+        try:
+            policy.check_host(f"https://{host}/a", field="f", settings=settings)
+        except UrlNotAllowed:
+            return False
+        return True
+
+    assert allowed("cas-bridge.xethub.hf.co") and allowed("us.civitai.com")
+    assert allowed("a.example.org", Settings(allowed_model_hosts=("*.example.org",)))
+    assert not allowed("example.org.attacker.net", Settings(allowed_model_hosts=("example.org",)))
+    assert not allowed("notcivitai.com")
 
 
 def test_an_allowed_host_resolving_to_a_private_address_is_refused() -> None:
@@ -163,7 +169,7 @@ def test_name_from_content_disposition_wins() -> None:
         field="lora_pairs[0].high_url",
         url="https://civitai.com/api/download/models/12345?type=Model",
         final_url="https://b2.civitai.com/file/abc?sig=1",
-        content_disposition="attachment; filename*=UTF-8''My%20Lora%20v2.safetensors; filename=\"x\"",
+        disposition="attachment; filename*=UTF-8''My%20Lora%20v2.safetensors; filename=\"x\"",
         settings=STRICT,
     )
     assert name == "My Lora v2.safetensors"
@@ -174,7 +180,7 @@ def test_hostile_content_disposition_is_made_safe() -> None:
         field="f",
         url="https://civitai.com/api/download/models/1",
         final_url="https://civitai.com/api/download/models/1",
-        content_disposition='attachment; filename="../../etc/..cron.safetensors"',
+        disposition='attachment; filename="../../etc/..cron.safetensors"',
         settings=STRICT,
     )
     assert name == "cron.safetensors"
@@ -185,7 +191,7 @@ def test_name_from_the_url_path() -> None:
         field="f",
         url="https://huggingface.co/org/repo/resolve/main/sub/my%2Bmodel.safetensors?download=true",
         final_url="https://cdn-lfs.huggingface.co/repos/aa/bb/0123abcd",
-        content_disposition=None,
+        disposition=None,
         settings=STRICT,
     )
     assert name == "my+model.safetensors"
@@ -197,7 +203,7 @@ def test_a_name_that_cannot_be_known_is_refused() -> None:
             field="f",
             url="https://civitai.com/api/download/models/12345",
             final_url="https://civitai.com/api/download/models/12345",
-            content_disposition=None,
+            disposition=None,
             settings=STRICT,
         )
     with pytest.raises(UrlNotAllowed, match="cannot tell the file name"):
@@ -205,6 +211,6 @@ def test_a_name_that_cannot_be_known_is_refused() -> None:
             field="f",
             url="https://h.example/",
             final_url="https://h.example/",
-            content_disposition=None,
+            disposition=None,
             settings=STRICT,
         )

@@ -32,7 +32,8 @@ from tests.support.images import data_uri, image_bytes
 from tests.support.installed import Installed
 from tests.support.video import probe_b64
 from tests.support.worker_proc import LocalApi
-from worker import graph, roles
+from worker import graph
+from worker.models import roles
 from worker.schema import JobInput, parse_job_input
 
 from .comfy_env import (

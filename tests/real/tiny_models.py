@@ -11,8 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from worker import roles
-from worker.models import FOLDER_KINDS, default_names
+from worker.models import FOLDER_KINDS, default_names, roles
 from worker.schema import MAX_LORA_PAIRS
 
 from .comfy_env import REPO, ComfyEnv, SetupError, build_once, cache_dir

@@ -13,16 +13,12 @@ import pytest
 import requests
 
 from tests.emulator import DEFAULT_MODELS, Emulator
-from tests.models.fileserver import FileServer, model_bytes
+from tests.models.fileserver import FakeHub, model_bytes
 from tests.support.images import data_uri, image_bytes
 from tests.support.settings import settings_for
 from tests.support.video import probe, probe_b64
-from worker import jobmodels
 from worker.config import Settings
 from worker.handler import handle_job
-from worker.models import ensure
-from worker.models import manifest as manifest_module
-from worker.models.manifest import ManifestEntry
 
 FILM = "film_net_fp16.safetensors"
 JOB = {
@@ -51,32 +47,17 @@ def emulator(volume: Path) -> Iterator[Emulator]:
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FileServer, bytes]]:
-    """A local server that serves the FILM file as the Hub does, and the manifest's entry pointed at it."""
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeHub, bytes]]:
+    """A fake of the Hub, reached through HF_ENDPOINT, that has the packaged manifest's FILM file."""
     data = model_bytes(300_000, seed=9)
-    with FileServer() as server:
-        url = server.hub_file(f"/Comfy-Org/frame_interpolation/resolve/main/frame_interpolation/{FILM}", data)
-        entry = ManifestEntry(
-            "interpolation_model", FILM, "frame_interpolation", url, None, None, "on_demand"
-        )
-        manifest = (*(e for e in manifest_module.load_manifest() if e.name != FILM), entry)
-        monkeypatch.setattr(ensure, "load_manifest", lambda path=None: manifest)
-        monkeypatch.setattr(
-            jobmodels,
-            "on_demand_entry",
-            lambda kind, name: manifest_module.on_demand_entry(kind, name, manifest),
-        )
-        yield server, data
+    with FakeHub() as fake:
+        fake.add("Comfy-Org/frame_interpolation", f"frame_interpolation/{FILM}", data)
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        yield fake, data
 
 
 def settings(emulator: Emulator, volume: Path) -> Settings:
-    return settings_for(
-        emulator.url,
-        volume,
-        ALLOW_HTTP_MODEL_URLS="true",
-        ALLOW_PRIVATE_URLS="true",
-        ALLOWED_MODEL_HOSTS="127.0.0.1",
-    )
+    return settings_for(emulator.url, volume)
 
 
 def run(emulator: Emulator, volume: Path, **fields: Any) -> dict[str, Any]:
@@ -84,7 +65,7 @@ def run(emulator: Emulator, volume: Path, **fields: Any) -> dict[str, Any]:
 
 
 def test_the_model_is_fetched_on_first_use_then_reused(
-    emulator: Emulator, volume: Path, hub: tuple[FileServer, bytes]
+    emulator: Emulator, volume: Path, hub: tuple[FakeHub, bytes]
 ) -> None:
     server, data = hub
     result = run(emulator, volume)
@@ -108,12 +89,11 @@ def test_the_model_is_fetched_on_first_use_then_reused(
 
 
 def test_a_file_that_does_not_match_the_announced_hash_is_not_kept(
-    emulator: Emulator, volume: Path, hub: tuple[FileServer, bytes], monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, volume: Path, hub: tuple[FakeHub, bytes]
 ) -> None:
     server, data = hub
-    path = f"/Comfy-Org/frame_interpolation/resolve/main/frame_interpolation/{FILM}"
-    wrong = {"X-Linked-Etag": f'"{hashlib.sha256(b"other").hexdigest()}"', "X-Linked-Size": str(len(data))}
-    server.hub_file(path, data, announce=wrong)
+    wrong = {"X-Linked-Etag": f'"{hashlib.sha256(b"other").hexdigest()}"'}
+    server.add("Comfy-Org/frame_interpolation", f"frame_interpolation/{FILM}", data, announce=wrong)
     result = run(emulator, volume)
     assert result["error_code"] == "model_download_failed", result
     assert result["error"].startswith("model_download_failed: interpolation_model")
@@ -130,7 +110,7 @@ def test_interpolation_without_it_adds_no_nodes(emulator: Emulator, volume: Path
 
 
 def test_an_interpolated_video_goes_to_the_bucket(
-    emulator: Emulator, volume: Path, hub: tuple[FileServer, bytes], s3_endpoint: str
+    emulator: Emulator, volume: Path, hub: tuple[FakeHub, bytes], s3_endpoint: str
 ) -> None:
     bucket = settings(emulator, volume).model_copy(
         update={

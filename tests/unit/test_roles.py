@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from worker import jobmodels, roles
 from worker.errors import ModelMissing
 from worker.graph import ModelFiles
-from worker.models import FOLDER_KINDS, default_names
+from worker.models import FOLDER_KINDS, default_names, roles
+from worker.models import job as jobmodels
 from worker.schema import parse_job_input
 
 BASE = {"prompt": "p", "image_base64": "eA=="}

@@ -268,7 +268,7 @@ def test_every_field_is_in_the_readme_tables() -> None:
 
 
 def test_each_job_model_role_has_a_name_and_a_url_field() -> None:
-    from worker import roles
+    from worker.models import roles
 
     for role in roles.ROLES:
         assert (role.name in FIELD_NAMES) == role.job_field

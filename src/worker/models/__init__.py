@@ -1,22 +1,9 @@
-"""Model files on the network volume: the default manifest, the volume layout, verified resumable downloads.
-
-The handler calls :func:`ensure_job_models` with one :class:`ModelRef` per model field of a job, and one per
-on-demand manifest file its graph loads (:func:`on_demand_entry`); start-up runs ``python -m worker models
-ensure`` (see :mod:`worker.models.cli`).
-"""
+"""Model files, in one place: roles, file names, the manifest, the volume, fetching, a job's models, the CLI.
+Importing the package (as the job contract does) imports neither huggingface_hub, requests nor the settings."""
 
 from __future__ import annotations
 
-from .ensure import ModelRef, ensure_job_models
-from .manifest import ManifestEntry, default_names, load_manifest, on_demand_entry
+from .manifest import ManifestEntry, default_names, load_manifest
 from .volume import FOLDER_KINDS
 
-__all__ = [
-    "FOLDER_KINDS",
-    "ManifestEntry",
-    "ModelRef",
-    "default_names",
-    "ensure_job_models",
-    "load_manifest",
-    "on_demand_entry",
-]
+__all__ = ["FOLDER_KINDS", "ManifestEntry", "default_names", "load_manifest"]

@@ -1,13 +1,7 @@
-"""The one rule for a model file name, whether the file is on the volume or about to be downloaded.
-
-A name is refused only where it could do harm or could not work: it must be a single file name (no ``/``,
-``\\``, NUL or control characters, not ``.`` or ``..``), must not start with ``.`` (hidden files, and the
-worker's own temporary and record files beside each model), must fit the file system with room for those
-records (at most :data:`MAX_NAME_BYTES` bytes of UTF-8), and must end in a safetensors extension: pickle formats
-can run code when loaded and are accepted only with ``ALLOW_PICKLE_MODELS``. Spaces, brackets, other
-punctuation and non-ASCII letters are fine: ComfyUI loads such files as they are.
-
-This module imports nothing of the worker: the job contract and the models package both apply it.
+"""The one rule for a model file name, on the volume or about to be downloaded: a single file name (no ``/``,
+``\\``, control characters), not hidden (the worker's own files beside each model are), at most
+:data:`MAX_NAME_BYTES` bytes of UTF-8, ending in a safetensors extension (pickle formats can run code when loaded:
+only with ``ALLOW_PICKLE_MODELS``). Spaces, brackets and non-ASCII letters are fine. Imports nothing of the worker.
 """
 
 from __future__ import annotations
@@ -17,14 +11,12 @@ import unicodedata
 
 SAFE_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl")
-"""The other extensions ComfyUI loads model files from."""
 MAX_NAME_BYTES = 200
 
 RULE = (
     "a file name without folders, not starting with '.', at most 200 bytes, ending in .safetensors or .sft"
     " (pickle formats .ckpt .pt .pt2 .pth .bin .pkl only with ALLOW_PICKLE_MODELS=true on the worker)"
 )
-"""The rule in words, for the README and for error messages."""
 
 _SEPARATORS = re.compile(r"[/\\]")
 
