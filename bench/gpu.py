@@ -63,6 +63,8 @@ PEAK_TFLOPS_FP8 = 1979.0
 LEAVE_GB = (24, 48)
 """The memory-limit configurations: --reserve-vram so that about this much GPU memory is left to ComfyUI."""
 START_TIMEOUT_S = 900.0
+FLAT = 1.0
+"""Frames whose pixel values spread less than this (standard deviation, 0-255) are flat: no use for a PSNR."""
 
 
 # ------------------------------------------------------------------------------------------- jobs
@@ -299,6 +301,7 @@ class Bench:
                 "x floor": None if sampling is None else sampling / floor.seconds(self.peak),
                 "PSNR dB": deviation,
                 "frames": int(frames.shape[0]),
+                "frame std": round(float(frames.std()), 2),
                 "nodes": {k: round(v, 3) for k, v in stages.nodes.items()},
                 "comfyui s": stages.comfyui,
                 "worker timings": result["timings"],
@@ -375,7 +378,9 @@ def full_volume(env: ComfyEnv, cache: Path, device: str | None) -> Path:
         (work / "report.json").write_text(json.dumps(report, indent=1))
         print_models(report, time.monotonic() - started)
 
-    return build_once(cache / f"volume-{digest}", key, build, what="the full-size random-weight models")
+    volume = build_once(cache / f"volume-{digest}", key, build, what="the full-size random-weight models")
+    print(f"models: {volume} (written by gpu_models.py; {volume / 'report.json'} lists them)")
+    return volume
 
 
 def print_models(report: dict[str, Any], seconds: float) -> None:
@@ -436,6 +441,9 @@ def report(bench: Bench, skipped: dict[str, str]) -> None:
     for floor in bench.floors.values():
         print("\n".join(floor.lines))
     print(f"\nPSNR: of the decoded frames against the {bench.reference} run of the same job and seed")
+    for row in bench.rows:
+        if row.get("frame std", FLAT) < FLAT:
+            print(f"  warning: {row['config']} / {row['job']} made flat frames: PSNR cannot tell it apart")
     print("\n".join(gpu_report.table(bench.rows)))
 
 
@@ -461,6 +469,15 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops-fp8", type=float, default=PEAK_TFLOPS_FP8, help="fp8 dense peak")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     return parser.parse_args(argv)
+
+
+def list_plan(configs: list[Config], skipped: dict[str, str], jobs: dict[str, Job]) -> None:
+    for config in configs:
+        options = " ".join(config.options)
+        print(f"{config.name:<24} {options:<28} {config.what}; jobs {','.join(config.jobs)}")
+    for name, why in skipped.items():
+        print(f"{name:<24} not available: {why}")
+    print(f"jobs: {', '.join(f'{j.name} ({j.video})' for j in jobs.values())}")
 
 
 def expert_shape(tiny: bool) -> gpu_report.Expert:
@@ -496,47 +513,37 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in job_names if n not in jobs]
     if unknown:
         raise SystemExit(f"unknown jobs {unknown}; known: {', '.join(jobs)}")
-    ok = True
     skipped: dict[str, str] = {}
     if args.tiny:
         env = ensure_env()
-        ok = layout_check(env)
     else:
         pins = pins_from_dockerfile()
         env = ComfyEnv(
             root=args.comfyui, source=args.comfyui, python=args.python, pins=pins, tarball_sha256=""
         )
-
     if args.comfy_url:
-        todo = [
-            (
-                Config(args.label, (), f"the ComfyUI at {args.comfy_url}", ALL_JOBS),
-                job_names or list(ALL_JOBS),
-            )
-        ]
-        volume = args.volume or Path(os.environ.get("VOLUME_ROOT", "/runpod-volume"))
+        config = Config(args.label, (), f"the ComfyUI at {args.comfy_url}", ALL_JOBS)
+        todo = [(config, job_names or list(ALL_JOBS))]
     else:
         vram = None if args.tiny else gpu_memory_gb(env.python)
+        sage = probe(env.python, "import sageattention") is not None
+        configs, skipped = catalogue(fast_options(env.source), sage, vram)
+        if args.list:
+            list_plan(configs, skipped, jobs)
+            return 0
         if not args.tiny and vram is None:
             raise SystemExit(
                 f"{env.python} sees no CUDA GPU: the full-size run needs one (--tiny runs on CPU)"
             )
-        sage = probe(env.python, "import sageattention") is not None
-        configs, skipped = catalogue(fast_options(env.source), sage, vram)
-        if args.list:
-            for config in configs:
-                print(
-                    f"{config.name:<24} {' '.join(config.options):<28} {config.what}; jobs {','.join(config.jobs)}"
-                )
-            for name, why in skipped.items():
-                print(f"{name:<24} not available: {why}")
-            print(f"jobs: {', '.join(f'{j.name} ({j.video})' for j in jobs.values())}")
-            return 0
         names = [n for n in args.configs.split(",") if n] or (["sdpa"] if args.tiny else [])
         todo = plan(configs, skipped, names, job_names)
-        volume = (
-            ensure_volume(env) if args.tiny else (args.volume or full_volume(env, args.cache, args.device))
-        )
+    ok = layout_check(env) if args.tiny else True
+    if args.comfy_url:
+        volume = args.volume or Path(os.environ.get("VOLUME_ROOT", "/runpod-volume"))
+    elif args.tiny:
+        volume = ensure_volume(env)
+    else:
+        volume = args.volume or full_volume(env, args.cache, args.device)
 
     names_run = [config.name for config, _ in todo]
     bench = Bench(
