@@ -91,7 +91,7 @@ FULL_JOBS = (
 """Full size, in priority order: 4-step Lightning (the worker's defaults) at 480p and 720p, FLF2V, FILM x2."""
 TINY_JOBS = (
     Job("i2v", 128, 128, 9),
-    Job("i2v-720p", 176, 96, 9),
+    Job("i2v-720p", 224, 128, 9),
     Job("flf2v", 128, 128, 9, flf2v=True),
     Job("interpolate", 128, 128, 9, interpolate=2),
 )
@@ -324,6 +324,7 @@ def describe_system(url: str) -> str:
 
 @contextmanager
 def started(env: ComfyEnv, volume: Path, workdir: Path, config: Config, cpu: bool) -> Iterator[Server]:
+    workdir.mkdir(parents=True, exist_ok=True)
     server = BenchComfyUI(env, volume, workdir, config.options, cpu)
     print(
         f"[gpu-bench] {config.name}: starting ComfyUI ({config.what}); log {server.log_path}", file=sys.stderr

@@ -552,7 +552,7 @@ def test_the_gpu_benchmark_runs_tiny_against_this_comfyui(comfyui: RealComfyUI, 
     # load, high and low s/step, swap, decode, interpolation, total, GPU memory (none on CPU), x floor, PSNR
     for job, video, interp in (
         ("i2v", "128x128x9", "n/a"),
-        ("i2v-720p", "176x96x9", "n/a"),
+        ("i2v-720p", "224x128x9", "n/a"),
         ("flf2v", "128x128x9", "n/a"),
         ("interpolate", "128x128x9", n),
     ):
