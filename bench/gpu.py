@@ -19,15 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import hashlib
 import json
 import logging
 import os
-import re
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,157 +38,38 @@ sys.path.insert(0, str(REPO))
 import gpu_report  # noqa: E402
 import gpu_shapes  # noqa: E402
 import requests  # noqa: E402
+from gpu_configs import (  # noqa: E402
+    ALL_JOBS,
+    FULL_JOBS,
+    TINY_JOBS,
+    Config,
+    Job,
+    catalogue,
+    fast_options,
+    gpu_memory_gb,
+    job_input,
+    plan,
+    probe,
+)
 from gpu_observe import MemorySampler, Tap  # noqa: E402
+from gpu_volume import full_volume, layout_check  # noqa: E402
 from tests.real import make_tiny_models  # noqa: E402
-from tests.real.comfy_env import ComfyEnv, SetupError, build_once, ensure_env, pins_from_dockerfile  # noqa: E402
+from tests.real.comfy_env import ComfyEnv, SetupError, ensure_env, pins_from_dockerfile  # noqa: E402
 from tests.real.comfyui_server import RealComfyUI  # noqa: E402
-from tests.real.tiny_models import MANIFEST, ensure_volume  # noqa: E402
-from tests.support.images import data_uri, image_bytes  # noqa: E402
+from tests.real.tiny_models import ensure_volume  # noqa: E402
 from tests.support.worker_proc import free_port  # noqa: E402
 
 from worker.config import Settings  # noqa: E402
 from worker.handler import handle  # noqa: E402
-from worker.models import FOLDER_KINDS  # noqa: E402
 
-MAKER = HERE / "gpu_models.py"
 PROMPT = "a red fox runs through the snow"
 PEAK_TFLOPS = 989.0
 """H100 and H200 (SXM): dense bf16 tensor-core peak, TFLOP/s."""
 PEAK_TFLOPS_FP8 = 1979.0
 """The same GPUs' dense fp8 peak."""
-LEAVE_GB = (24, 48)
-"""The memory-limit configurations: --reserve-vram so that about this much GPU memory is left to ComfyUI."""
 START_TIMEOUT_S = 900.0
 FLAT = 1.0
 """Frames whose pixel values spread less than this (standard deviation, 0-255) are flat: no use for a PSNR."""
-
-
-# ------------------------------------------------------------------------------------------- jobs
-@dataclass(frozen=True)
-class Job:
-    name: str
-    width: int
-    height: int
-    length: int
-    flf2v: bool = False
-    interpolate: int = 1
-
-    @property
-    def video(self) -> str:
-        return f"{self.width}x{self.height}x{self.length}"
-
-
-FULL_JOBS = (
-    Job("i2v", 480, 832, 81),
-    Job("i2v-720p", 1280, 720, 81),
-    Job("flf2v", 480, 832, 81, flf2v=True),
-    Job("interpolate", 480, 832, 81, interpolate=2),
-)
-"""Full size, in priority order: 4-step Lightning (the worker's defaults) at 480p and 720p, FLF2V, FILM x2."""
-TINY_JOBS = (
-    Job("i2v", 128, 128, 9),
-    Job("i2v-720p", 224, 128, 9),
-    Job("flf2v", 128, 128, 9, flf2v=True),
-    Job("interpolate", 128, 128, 9, interpolate=2),
-)
-"""The same jobs at tiny sizes, for the tiny models on CPU."""
-
-
-def job_input(job: Job, *, prompt: str, seed: int, film: str | None) -> dict[str, Any]:
-    size = (job.width, job.height)
-    fields: dict[str, Any] = {
-        "prompt": prompt,
-        "image_base64": data_uri(image_bytes("PNG", size, (200, 60, 30))),
-        "width": job.width,
-        "height": job.height,
-        "length": job.length,
-        "seed": seed,
-        "output": "base64",
-    }
-    if job.flf2v:
-        fields["end_image_base64"] = data_uri(image_bytes("PNG", size, (30, 60, 200)))
-    if job.interpolate > 1:
-        fields["interpolate"] = job.interpolate
-        if film:
-            fields["interpolation_model"] = film
-    return fields
-
-
-# ------------------------------------------------------------------------------------------- configurations
-@dataclass(frozen=True)
-class Config:
-    name: str
-    options: tuple[str, ...]
-    what: str
-    jobs: tuple[str, ...]
-    """The jobs it runs unless --jobs says otherwise."""
-
-
-ALL_JOBS = tuple(job.name for job in FULL_JOBS)
-SPEED_JOBS = ("i2v", "i2v-720p")
-MEMORY_JOBS = ("i2v",)
-
-
-def fast_options(source: Path) -> list[str]:
-    """The ``--fast`` options this ComfyUI defines (its ``PerformanceFeature`` values)."""
-    text = (source / "comfy" / "cli_args.py").read_text(encoding="utf-8")
-    block = re.search(r"class PerformanceFeature\(enum\.Enum\):\n((?:[ \t]+\w+ = \"[^\"]+\"\n)+)", text)
-    return re.findall(r'= "([^"]+)"', block.group(1)) if block else []
-
-
-def catalogue(fast: list[str], sage: bool, vram_gb: float | None) -> tuple[list[Config], dict[str, str]]:
-    """Every configuration, in priority order, and those left out with the reason."""
-    first_fast = [o for o in ("fp8_matrix_mult",) if o in fast]
-    configs = [
-        Config("sdpa", (), "PyTorch SDPA, ComfyUI's default (the image's today)", ALL_JOBS),
-        Config("ck", ("--use-ck-attention",), "comfy-kitchen INT8 attention", SPEED_JOBS),
-        *(Config(f"fast-{o}", ("--fast", o), f"--fast {o}", SPEED_JOBS) for o in first_fast),
-    ]
-    skipped: dict[str, str] = {}
-    for leave in LEAVE_GB:
-        name = f"reserve-{leave}gb"
-        if vram_gb is None:
-            skipped[name] = "no GPU"
-        elif vram_gb <= leave:
-            skipped[name] = f"the GPU has {vram_gb:.0f} GB"
-        else:
-            reserve = f"{vram_gb - leave:.1f}"
-            what = f"--reserve-vram {reserve}: about {leave} GB left to ComfyUI"
-            configs.append(Config(name, ("--reserve-vram", reserve), what, MEMORY_JOBS))
-    configs.append(Config("highvram", ("--highvram",), "both experts kept on the GPU", MEMORY_JOBS))
-    if sage:
-        configs.append(Config("sage", ("--use-sage-attention",), "SageAttention", SPEED_JOBS))
-    else:
-        skipped["sage"] = "sageattention is not importable"
-    configs += [
-        Config(f"fast-{o}", ("--fast", o), f"--fast {o}", SPEED_JOBS) for o in fast if o not in first_fast
-    ]
-    configs.append(Config("fast", ("--fast",), "every --fast option", SPEED_JOBS))
-    return configs, skipped
-
-
-def probe(python: Path, code: str) -> str | None:
-    """What ``code`` prints in ComfyUI's Python, or None if it fails."""
-    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300, check=False)
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def gpu_memory_gb(python: Path) -> float | None:
-    code = "import torch; print(torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else 0)"
-    total = probe(python, code)
-    return int(total) / 2**30 if total and int(total) else None
-
-
-def plan(
-    configs: list[Config], skipped: dict[str, str], only: list[str], jobs: list[str]
-) -> list[tuple[Config, list[str]]]:
-    by_name = {c.name: c for c in configs}
-    unknown = [n for n in only if n not in by_name]
-    if unknown:
-        reasons = [f"{n} ({skipped[n]})" if n in skipped else n for n in unknown]
-        raise SystemExit(f"not available here: {', '.join(reasons)}; available: {', '.join(by_name)}")
-    chosen = [by_name[n] for n in only] if only else configs
-    return [(c, jobs or list(c.jobs)) for c in chosen]
 
 
 # ------------------------------------------------------------------------------------------- ComfyUI
@@ -334,99 +211,6 @@ def started(env: ComfyEnv, volume: Path, workdir: Path, config: Config, cpu: boo
         yield Server(server.url, str(server.input_dir), str(server.output_dir))
     finally:
         server.stop()
-
-
-# ------------------------------------------------------------------------------------------- models
-def maker_command(env: ComfyEnv, volume: Path, *extra: str) -> list[str]:
-    return [
-        str(env.python),
-        str(MAKER),
-        "--comfyui",
-        str(env.source),
-        "--manifest",
-        str(MANIFEST),
-        "--folders",
-        json.dumps(FOLDER_KINDS),
-        "--volume",
-        str(volume),
-        *extra,
-    ]
-
-
-def run_maker(command: list[str], log: Path) -> dict[str, Any]:
-    with open(log, "ab") as err:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, timeout=7200, check=False)
-    if done.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise SetupError(f"writing the models failed (exit {done.returncode}); the end of {log}:\n{tail}")
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
-
-
-def full_volume(env: ComfyEnv, cache: Path, device: str | None) -> Path:
-    """The full-size random-weight volume in ``cache``, written once (about 31 GB) and reused."""
-    sources = [MAKER, HERE / "gpu_shapes.py", Path(make_tiny_models.__file__), MANIFEST]
-    key: dict[str, object] = {
-        "sources": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sources},
-        "folders": FOLDER_KINDS,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-    def build(work: Path) -> None:
-        started = time.monotonic()
-        extra = ["--check", *(["--device", device] if device else [])]
-        report = run_maker(maker_command(env, work, *extra), work / "gpu_models.log")
-        (work / "report.json").write_text(json.dumps(report, indent=1))
-        print_models(report, time.monotonic() - started)
-
-    volume = build_once(cache / f"volume-{digest}", key, build, what="the full-size random-weight models")
-    print(f"models: {volume} (written by gpu_models.py; {volume / 'report.json'} lists them)")
-    return volume
-
-
-def print_models(report: dict[str, Any], seconds: float) -> None:
-    total = sum(item["bytes"] for item in report.values())
-    print(f"wrote {total / 1e9:.1f} GB of models in {seconds:.0f} s ({total / 1e9 / seconds:.2f} GB/s):")
-    for item in report.values():
-        published = item.get("published_bytes")
-        versus = f"published {published:,}" if published else "published size not recorded"
-        print(f"  {item['file']}: {item['bytes']:,} bytes ({versus}), {item['seconds']} s")
-
-
-def layout_check(env: ComfyEnv) -> bool:
-    """The full-size layout, without the weights: the experts, a LoRA and the text encoder written as sparse
-    files of zeros, their sizes set against the published ones, and ComfyUI's detection of the expert."""
-    with tempfile.TemporaryDirectory(prefix="gpu-bench-layout-") as tmp:
-        extra = (
-            "--values",
-            "zeros",
-            "--check",
-            "--device",
-            "cpu",
-            "--only",
-            "high_model,lightning_high,text_encoder",
-        )
-        report = run_maker(maker_command(env, Path(tmp), *extra), Path(tmp) / "gpu_models.log")
-    print("full-size layout (sparse files of zeros; what a GPU run writes with random values):")
-    ok = True
-    for role, item in report.items():
-        published = item.get("published_bytes")
-        difference = item["bytes"] - published if published else None
-        note = "equal" if difference == 0 else f"{difference:+,} bytes"
-        print(f"  {role}: {item['bytes']:,} bytes, published {published:,} ({note})")
-        detected = item.get("comfyui")
-        if detected:
-            config = detected.get("unet_config") or {}
-            print(
-                f"    ComfyUI detects {detected['detected']}: dim {config.get('dim')}, "
-                f"{config.get('num_layers')} blocks, in_dim {config.get('in_dim')}, "
-                f"{detected['fp8_layers']} fp8 layers"
-            )
-            expected = {k: gpu_shapes.WAN22_A14B[k] for k in ("dim", "num_layers", "in_dim", "ffn_dim")}
-            ok &= all(config.get(k) == v for k, v in expected.items()) and detected["mixed_precision"]
-        if role == "high_model":
-            ok &= difference == 0
-    return ok
 
 
 # ------------------------------------------------------------------------------------------- output
