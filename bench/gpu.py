@@ -8,7 +8,7 @@ output's PSNR against the reference (SDPA) run at the same seed.
 
     python bench/gpu.py                          # on a GPU: every configuration, the image's ComfyUI
     python bench/gpu.py --configs sdpa,ck,fast-fp8_matrix_mult --jobs i2v   # the shortest useful run
-    python bench/gpu.py --tiny                   # the same path on CPU with tiny models, a few minutes
+    python bench/gpu.py --tiny                   # the same path on CPU with tiny models (about 8 min)
     python bench/gpu.py --tiny --comfy-url URL --volume DIR   # against a running ComfyUI, as one configuration
 
 See bench/README.md for what each column means and how to run it on a GPU machine.
