@@ -545,3 +545,44 @@ def test_a_non_editable_install_runs_a_real_job(installed_worker: Installed, ins
     body = installed_api.runsync(job(seed=21), timeout=JOB_S)
     assert body["status"] == "COMPLETED", body
     check_video(body["output"], frames=9)
+
+
+# --------------------------------------------------------------------------------------------- the GPU benchmark
+def test_the_gpu_benchmark_runs_tiny_against_this_comfyui(comfyui: RealComfyUI, tmp_path: Path) -> None:
+    """``bench/gpu.py --tiny`` keeps working: this ComfyUI as its one configuration, the benchmark's four jobs
+    run through the worker's handler, its full-size layout checked, and the table printed with a row of numbers
+    per job. On CPU there is no GPU memory to report and no second configuration to compare with."""
+    import json
+    import subprocess
+    import sys
+
+    results = tmp_path / "gpu.json"
+    options = {"--comfy-url": comfyui.url, "--volume": str(comfyui.volume), "--label": "sdpa"}
+    options |= {"--prompt": PROMPT, "--json": str(results)}
+    command = [sys.executable, str(REPO / "bench" / "gpu.py"), "--tiny", *itertools.chain(*options.items())]
+    done = subprocess.run(
+        command, env=comfyui.worker_env(), capture_output=True, text=True, timeout=2 * JOB_S, check=False
+    )
+    out = done.stdout
+    assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr[-4000:]}"
+    assert "high_model: 14,294,742,832 bytes, published 14,294,742,832 (equal)" in out, out
+    assert "ComfyUI detects WAN21_T2V: dim 5120, 40 blocks, in_dim 36, 406 fp8 layers" in out, out
+    assert "128x128x9: 3 x 8 x 8 = 192 tokens, 2 blocks, dim 128, ffn 256, text 512 tokens" in out, out
+    n = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"
+    # load, high and low s/step, swap, decode, interpolation, total, GPU memory (none on CPU), x floor, PSNR
+    for job, video, interp in (
+        ("i2v", "128x128x9", "n/a"),
+        ("i2v-720p", "224x128x9", "n/a"),
+        ("flf2v", "128x128x9", "n/a"),
+        ("interpolate", "128x128x9", n),
+    ):
+        cells = [job, video, n, n, n, n, n, interp, n, "n/a", n, "ref"]
+        assert re.search(rf"^sdpa +{' +'.join(cells)}$", out, flags=re.MULTILINE), f"no row for {job}:\n{out}"
+    rows = {row["job"]: row for row in json.loads(results.read_text())["rows"]}
+    assert {job: row["frames"] for job, row in rows.items()} == {
+        "i2v": 9,
+        "i2v-720p": 9,
+        "flf2v": 9,
+        "interpolate": 17,
+    }
+    assert all(row["high s/step"] > 0 and row["low s/step"] > 0 for row in rows.values()), rows
