@@ -24,7 +24,6 @@ from worker.client import (
     WaitTimeout,
     job_failure,
     make_input,
-    sniff_mime,
 )
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42 not really a video"
@@ -246,25 +245,15 @@ def test_backend_choice_and_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert local.cancel("x") is False
 
 
-def test_make_input_sends_files_as_data_uris(tmp_path: Path) -> None:
+def test_make_input_sends_files_as_base64(tmp_path: Path) -> None:
     start, end = tmp_path / "start.bin", tmp_path / "end.jpg"
     start.write_bytes(image_bytes("PNG"))
     end.write_bytes(image_bytes("JPEG"))
     job = make_input("a fox", start, end_image=end, width=256, seed=None, lora_pairs=[])
-    assert job["image_base64"].startswith("data:image/png;base64,")
-    assert job["end_image_base64"].startswith("data:image/jpeg;base64,")
-    assert base64.b64decode(job["image_base64"].split(",", 1)[1]) == start.read_bytes()
+    assert base64.b64decode(job["image_base64"]) == start.read_bytes()
+    assert base64.b64decode(job["end_image_base64"]) == end.read_bytes()
     assert job["width"] == 256 and "seed" not in job and job["lora_pairs"] == []
     assert make_input("p", "https://example.com/a.png")["image_url"] == "https://example.com/a.png"
     assert make_input("p", "volume:inputs/a.png")["image_path"] == "inputs/a.png"
     with pytest.raises(UsageError, match="no such image file"):
         make_input("p", tmp_path / "missing.png")
-
-
-@pytest.mark.parametrize(
-    ("fmt", "mime"),
-    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("GIF", "image/gif")],
-)
-def test_sniff_mime(fmt: str, mime: str) -> None:
-    assert sniff_mime(image_bytes(fmt)) == mime
-    assert sniff_mime(b"not an image") is None

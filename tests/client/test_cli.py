@@ -93,7 +93,7 @@ def test_generate_saves_the_video_and_prints_seed_and_timings(
     assert "256x448, 17 frames at 16 fps" in captured.out
     assert "in queue" in captured.err and "sampling 2/4" in captured.err
     job = runpod.jobs["job-1"].input
-    assert job["image_base64"].startswith("data:image/png;base64,")
+    assert base64.b64decode(job["image_base64"]).startswith(b"\x89PNG")
     assert (job["width"], job["length"], job["seed"], job["prompt"]) == (256, 17, 77, "a fox")
     assert_clean(captured.out + captured.err, runpod)
 
@@ -197,7 +197,7 @@ def test_job_options_map_to_the_contract() -> None:
 
 def batch_script(job_input: Body) -> list[Body]:
     """Images that are not images fail like the worker says; the others complete."""
-    if not str(job_input.get("image_base64", "")).startswith("data:image/"):
+    if base64.b64decode(str(job_input.get("image_base64", ""))).startswith(b"this is not"):
         return [progress("inputs"), failed("invalid_image: image_base64 is not a PNG, JPEG or WebP image")]
     return [progress("inputs"), progress("sampling", 4, 4), result(seed=5)]
 

@@ -35,10 +35,6 @@ RETRY = Retry(5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
 RETRY_UNSENT = RETRY.new(status_forcelist=(429, 503), allowed_methods=None, read=False)
 """A POST (submit, cancel, the local API's ``/status`` that runs the job) is sent again only when the server
 surely did not take it (no connection, or 429/503), not after a lost answer, lest the job run twice."""
-_MAGIC = re.compile(
-    rb"(?P<png>\x89PNG\r\n\x1a\n)|(?P<jpeg>\xff\xd8\xff)|(?P<gif>GIF8[79]a)|(?P<bmp>BM)|(?P<webp>RIFF.{4}WEBP)",
-    re.S,
-)
 
 
 class ClientError(Exception):
@@ -191,15 +187,9 @@ def _plain_error(error: str | None) -> str | None:
     return f"{kind.group(1).rsplit('.', 1)[-1]}: {message}" if kind else str(message)
 
 
-def sniff_mime(data: bytes) -> str | None:
-    """The image MIME type named by the magic bytes, or None."""
-    return f"image/{found.lastgroup}" if (found := _MAGIC.match(data)) else None
-
-
 def encode_image(data: bytes) -> str:
-    """A ``data:`` URI for an image (raw base64 when the type is unknown: the worker then explains)."""
-    encoded = base64.b64encode(data).decode("ascii")
-    return f"data:{mime};base64,{encoded}" if (mime := sniff_mime(data)) else encoded
+    """An image file as base64: the worker recognises the format by its content."""
+    return base64.b64encode(data).decode("ascii")
 
 
 def is_url(text: str) -> bool:
@@ -208,7 +198,7 @@ def is_url(text: str) -> bool:
 
 def image_fields(source: str | os.PathLike[str], *, end: bool = False) -> dict[str, str]:
     """The job fields for one image: ``http(s)://`` -> ``*_url``, ``volume:PATH`` -> ``*_path`` (a file on the
-    worker's volume), anything else is a local file sent as a ``data:`` URI in ``*_base64``."""
+    worker's volume), anything else is a local file sent as base64 in ``*_base64``."""
     prefix, text = "end_image" if end else "image", os.fspath(source)
     if is_url(text):
         return {f"{prefix}_url": text}
