@@ -64,12 +64,30 @@ def test_ranges(server: HttpServer, tmp_path: Path) -> None:
     assert (whole.status_code, whole.content) == (200, DATA) and "Accept-Ranges" not in whole.headers
 
 
-def test_a_cut_transfer_ends_the_connection_early(server: HttpServer) -> None:
-    server.routes["/cut"] = Route(body=DATA, cut_after=1000, cuts=1)
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        requests.get(server.url("/cut"), timeout=5).raise_for_status()
-    assert requests.get(server.url("/cut"), timeout=5).content == DATA  # only the first answer is cut
-    assert [h.sent for h in server.hits("/cut")] == [1000, len(DATA)]
+def test_a_cut_transfer_ends_the_connection_early(server: HttpServer, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(DATA)
+    for path, body in (("/bytes", DATA), ("/file", tmp_path / "f")):
+        server.routes[path] = Route(body=body, cut_after=1000, cuts=1)
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            requests.get(server.url(path), timeout=5).raise_for_status()
+        assert requests.get(server.url(path), timeout=5).content == DATA  # only the first answer is cut
+        assert [h.sent for h in server.hits(path)] == [1000, len(DATA)]
+
+
+def test_wrong_bytes_keep_the_length_and_a_dropped_connection_has_no_answer(
+    server: HttpServer, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_bytes(DATA)
+    for path, body in (("/bytes", DATA), ("/file", tmp_path / "f")):
+        server.routes[path] = Route(body=body, ranges=True, wrong=True)
+        whole = requests.get(server.url(path), timeout=5).content
+        part = requests.get(server.url(path), headers={"Range": "bytes=5000-"}, timeout=5).content
+        assert (len(whole), len(part)) == (len(DATA), len(DATA) - 5000)
+        assert whole != DATA and part != DATA[5000:]
+    server.routes["/drop"] = Route(body=b"never sent", drop=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(server.url("/drop"), timeout=5)
+    assert [(h.status, h.sent) for h in server.hits("/drop")] == [(0, 0)]
 
 
 def test_an_answer_without_a_length_ends_with_the_connection(server: HttpServer) -> None:

@@ -9,15 +9,18 @@
         server.hits("/a.png")  # what was asked: method, path, headers, status, Range, body bytes sent
 
 A fixed answer (:class:`Route`) can serve a byte string or a file, honour ``Range``, drip or throttle its body,
-cut the connection after some bytes, or leave out ``Content-Length``. A handler gets the :class:`Request` and
-returns the :class:`Route` to answer with (it may block: each connection has its own thread).
+cut the connection after some bytes, serve wrong bytes, leave out ``Content-Length``, or drop the connection
+without answering. A handler gets the :class:`Request` and returns the :class:`Route` to answer with (it may
+block: each connection has its own thread).
 
 Standard library only: ``tests/container/standin_comfy.py`` runs it in an isolated interpreter.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import socket
 import threading
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 CHUNK = 256 * 1024
@@ -51,17 +54,14 @@ class Route:
     """Close the connection after this many body bytes (of an answer that has more)."""
     cuts: int | None = None
     """How many answers ``cut_after`` cuts; None: all of them."""
+    wrong: bool = False
+    """Send other bytes than the body's (the first byte of every write flipped), at the body's length."""
+    drop: bool = False
+    """Close the connection without an answer."""
 
     @property
     def size(self) -> int:
         return self.body.stat().st_size if isinstance(self.body, Path) else len(self.body)
-
-    def read(self, offset: int, count: int) -> bytes:
-        if isinstance(self.body, bytes):
-            return self.body[offset : offset + count]
-        with self.body.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(count)
 
 
 def redirect(location: str, status: int = 302, **headers: str) -> Route:
@@ -146,7 +146,7 @@ class HttpServer:
         """Body bytes written to clients (for ``path``, or in all)."""
         return sum(h.sent for h in self.hits(path))
 
-    def start(self) -> HttpServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -155,7 +155,7 @@ class HttpServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> HttpServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -195,6 +195,9 @@ def _handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             self._send(route, hit)
 
         def _send(self, route: Route, hit: Hit) -> None:
+            if route.drop:
+                self.close_connection = True
+                return
             size = route.size
             first, last, status = 0, size - 1, route.status
             headers = dict(route.headers)
@@ -231,14 +234,23 @@ def _handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             step = 1 if route.drip_delay_s else CHUNK
             if route.throttle_bps:  # about twenty writes a second
                 step = max(1, min(step, int(route.throttle_bps / 20)))
+            source = route.body.open("rb") if isinstance(route.body, Path) else io.BytesIO(route.body)
+            # a file's bytes go straight to the socket (no copy), unless they are to be altered
+            sendfile = isinstance(route.body, Path) and not route.wrong
             try:
                 while offset < end and not server.stopped.is_set():
-                    chunk = route.read(offset, min(step, end - offset))
-                    self.wfile.write(chunk)
-                    self.wfile.flush()
-                    offset += len(chunk)
+                    count = min(step, end - offset)
+                    if sendfile:
+                        count = os.sendfile(self.connection.fileno(), source.fileno(), offset, count)
+                    else:
+                        source.seek(offset)
+                        chunk = source.read(count)
+                        if route.wrong:
+                            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                        self.wfile.write(chunk)
+                    offset += count
                     with server.lock:
-                        hit.sent += len(chunk)
+                        hit.sent += count
                     if route.drip_delay_s:
                         time.sleep(route.drip_delay_s)
                     if route.throttle_bps:
@@ -248,6 +260,8 @@ def _handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
             except OSError:
                 self.close_connection = True
+            finally:
+                source.close()
 
     return Handler
 
