@@ -28,11 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "models")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import huggingface_hub  # noqa: E402, F401 - imported once per worker, not once per download: not timed
 import requests  # noqa: E402
-from fileserver import write_model_file  # noqa: E402
+from tests.models.fileserver import write_model_file  # noqa: E402
 
 from worker.config import Settings  # noqa: E402
 from worker.models.fetch import Context, Target, fetch  # noqa: E402
@@ -86,9 +86,9 @@ def main() -> int:
         sha256 = sha256_of(source)
         out = Path(tmp) / "volume" / "loras" / "bench.safetensors"
         out.parent.mkdir(parents=True)
-        command = [sys.executable, str(ROOT / "tests" / "models" / "fileserver.py"), str(source)]
+        command = [sys.executable, "-m", "tests.models.fileserver", str(source)]
         server = subprocess.Popen(command + ["--throttle", str(args.rate_mb * MB)] * bool(args.rate_mb),
-                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
         assert server.stdout is not None
         urls = json.loads(server.stdout.readline())
         os.environ["HF_ENDPOINT"] = urls["endpoint"]

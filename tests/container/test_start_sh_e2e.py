@@ -73,7 +73,7 @@ def test_start_sh_ensures_models_starts_comfy_and_runs_the_test_job(harness: Har
             COMFY_IDLE_TIMEOUT_S="20",
             JOB_TIMEOUT_S="40",
         )
-        fetched = {hit.path for hit in server.requests()}
+        fetched = {hit.path for hit in server.hits()}
 
     output = result.stdout + result.stderr
     assert result.code == 0, output[-6000:]

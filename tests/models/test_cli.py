@@ -127,13 +127,13 @@ def test_ensure_fetches_the_missing_replaces_the_wrong_and_hashes_the_unhashed(
     out = capsys.readouterr().out
     assert "high.safetensors: verified" in out
     assert "vae.safetensors: downloaded" in out and "light.safetensors: downloaded" in out
-    assert not any("high.safetensors" in h.path for h in hub.requests())
+    assert not any("high.safetensors" in h.path for h in hub.hits())
     assert (env / "vae" / "vae.safetensors").read_bytes() == files["vae.safetensors"]
     assert (env / "loras" / "light.safetensors").read_bytes() == files["light.safetensors"]
     assert "high.safetensors: verified (models/diffusion_models/, 0.3 MB)" in out
-    requests_before = len(hub.requests())
+    requests_before = len(hub.hits())
     assert main(["ensure"]) == 0
-    assert len(hub.requests()) == requests_before
+    assert len(hub.hits()) == requests_before
 
 
 def test_ensure_reports_a_file_that_does_not_verify(
@@ -144,7 +144,7 @@ def test_ensure_reports_a_file_that_does_not_verify(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     small_manifest(hub, tmp_path, monkeypatch)
-    next(r for p, r in hub.cdn.resources.items() if r.size == 100_000).wrong = True
+    next(r for r in hub.cdn.routes.values() if r.size == 100_000).wrong = True
     assert main(["ensure"]) == 1
     out = capsys.readouterr().out
     assert "light.safetensors: FAILED" in out and "did not match" in out
@@ -215,7 +215,7 @@ def test_on_demand_files_are_listed_left_to_the_jobs_and_verified_by_their_recor
     assert main(["ensure"]) == 0
     out = capsys.readouterr().out
     assert "film.safetensors: on demand" not in out.split("volume:")[0]  # left to the jobs
-    assert not any("film" in h.path for h in hub.requests())
+    assert not any("film" in h.path for h in hub.hits())
     assert "film.safetensors: on demand, missing (frame_interpolation/, size unknown)" in out
     assert (
         "all present" in out

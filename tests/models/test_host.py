@@ -49,11 +49,11 @@ def test_a_url_is_downloaded_once_and_reused_by_a_later_job(
     path = volume / "loras" / "style.safetensors"
     assert path.read_bytes() == data
     assert file_status(path, SIZE, hashlib.sha256(data).hexdigest()).state is State.VERIFIED
-    requests_before = len(server.requests())
+    requests_before = len(server.hits())
     assert run([ref("lora_pairs[2].low_url", url=url)], settings) == {
         "lora_pairs[2].low_url": "style.safetensors"
     }
-    assert len(server.requests()) == requests_before
+    assert len(server.hits()) == requests_before
 
 
 def test_a_civitai_style_url_is_named_by_content_disposition(
@@ -65,9 +65,9 @@ def test_a_civitai_style_url_is_named_by_content_disposition(
     names = run([ref("lora_pairs[0].high_url", url=url + "?type=Model&token=QUERYSECRET")], settings)
     assert names["lora_pairs[0].high_url"] == "Detail Tweaker v2.safetensors"
     assert (volume / "loras" / "Detail Tweaker v2.safetensors").read_bytes() == data
-    count = len(server.requests())
+    count = len(server.hits())
     run([ref("lora_pairs[1].high_url", url=url + "?type=Model&token=QUERYSECRET")], settings)
-    assert len(server.requests()) == count
+    assert len(server.hits()) == count
     index = "".join(p.read_text() for p in (volume / ".wan-worker").rglob("*.json"))
     assert "QUERYSECRET" not in index
 
@@ -160,7 +160,7 @@ def test_policy_is_checked_before_any_request(server: FileServer, settings: Sett
         run([ref("vae_url", "vae", good, "../../etc/passwd")], settings)
     with pytest.raises(InvalidInput, match="name of a default model file"):
         run([ref("vae_url", "vae", good, "wan_2.1_vae.safetensors")], settings)
-    assert server.requests() == []
+    assert server.hits() == []
 
 
 def test_redirects_are_followed_and_every_hop_checked(
@@ -198,7 +198,7 @@ def test_a_cut_transfer_resumes_with_range_from_the_bytes_already_written(
     url = server.add("/big.safetensors", data, cut_after=50_000, cuts=1)
     run([ref("high_model_url", "diffusion_models", url)], settings)
     assert (volume / "models" / "big.safetensors").read_bytes() == data
-    assert [h.range for h in server.requests()] == ["bytes=0-0", None, "bytes=50000-"]
+    assert [h.range for h in server.hits()] == ["bytes=0-0", None, "bytes=50000-"]
     assert server.sent() == len(data) + 1  # nothing fetched twice (the probe's first byte aside)
 
 
@@ -226,7 +226,7 @@ def test_the_same_url_twice_in_a_job_is_fetched_once(server: FileServer, setting
     url = server.add("/both.safetensors", model_bytes(SIZE, seed=7))
     names = run([ref("lora_pairs[0].high_url", url=url), ref("lora_pairs[0].low_url", url=url)], settings)
     assert set(names.values()) == {"both.safetensors"}
-    assert [h.range for h in server.requests()] == ["bytes=0-0", None]  # one probe, one download
+    assert [h.range for h in server.hits()] == ["bytes=0-0", None]  # one probe, one download
 
 
 def test_several_urls_are_fetched_together_reporting_their_bytes(
@@ -266,7 +266,7 @@ def test_tokens_and_queries_stay_out_of_requests_and_logs(
             [ref("clip_vision_url", "clip_vision", server.url("/nothing.safetensors?token=QUERYSECRET"))],
             secret,
         )
-    assert all("authorization" not in {k.lower() for k in hit.headers} for hit in server.requests())
+    assert all("authorization" not in {k.lower() for k in hit.headers} for hit in server.hits())
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("worker"))
     text = ours + str(info.value) + repr(info.value.details)
     assert "TOKENSECRET" not in text and "QUERYSECRET" not in text

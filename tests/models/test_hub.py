@@ -58,14 +58,14 @@ def test_a_hub_file_is_fetched_checked_and_reused(
     # HF_TOKEN went to the Hub (HF_ENDPOINT), never to the CDN, never into a log
     assert all(
         h.headers.get("authorization") == "Bearer hf_TOKENSECRET"
-        for h in hub.hub.requests()
+        for h in hub.hub.hits()
         if "resolve" in h.path
     )
-    assert not any("authorization" in {k.lower() for k in h.headers} for h in hub.cdn.requests())
+    assert not any("authorization" in {k.lower() for k in h.headers} for h in hub.cdn.hits())
     assert "TOKENSECRET" not in caplog.text
-    count = len(hub.requests())
+    count = len(hub.hits())
     assert run([lora(url)], settings) == {lora(url).field: "style.safetensors"}  # the same URL: no request
-    assert len(hub.requests()) == count
+    assert len(hub.hits()) == count
 
 
 def test_a_file_whose_bytes_do_not_match_the_announced_sha256_is_never_kept(
@@ -140,7 +140,7 @@ def test_a_file_in_runpods_model_cache_is_used_in_place_with_no_request(
     data = model_bytes(SIZE, seed=6)
     url = hub.add("org/cached", "sub/c.safetensors", data)
     blob = hub_cache(volume, "org/cached", "sub/c.safetensors", data)
-    before = len(hub.requests())
+    before = len(hub.hits())
     assert run([lora(url)], settings) == {lora(url).field: "c.safetensors"}  # a job's URL: no known sha256
     path = volume / "loras" / "c.safetensors"
     assert path.is_symlink() and path.resolve() == blob and not os.path.isabs(os.readlink(path))
@@ -149,7 +149,7 @@ def test_a_file_in_runpods_model_cache_is_used_in_place_with_no_request(
     sha = hashlib.sha256(data).hexdigest()
     default = Target("vae", url, volume / "vae" / "v.safetensors", SIZE, sha)
     assert fetch(default, Context(settings, retry=FAST)) == "linked from the model cache"
-    assert len(hub.requests()) == before
+    assert len(hub.hits()) == before
     # a blob that is not the file wanted (another size) is not used: the Hub is asked
     other = model_bytes(SIZE + 1, seed=7)
     url = hub.add("org/cached", "sub/c.safetensors", other)
@@ -174,7 +174,7 @@ def test_a_cancelled_job_returns_at_once_and_the_next_one_gets_the_whole_file(
     assert not path.exists()
     assert run([lora(url)], settings) == {lora(url).field: "slow.safetensors"}  # waits for it, or fetches it
     assert path.read_bytes() == data and leftovers(volume) == []
-    assert len([h for h in hub.cdn.requests() if not h.range]) == 1  # the one download, finished for this job
+    assert len([h for h in hub.cdn.hits() if not h.range]) == 1  # the one download, finished for this job
 
 
 def test_a_volume_without_symbolic_links_downloads_the_cached_file_instead(

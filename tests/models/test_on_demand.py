@@ -37,9 +37,9 @@ def test_an_on_demand_file_is_fetched_by_the_first_job_then_costs_no_request(
     path = volume / "frame_interpolation" / FILM
     assert path.read_bytes() == data and seen[-1] == ("interpolation_model", len(data), len(data))
     assert file_status(path, None, hashlib.sha256(data).hexdigest()).state is State.VERIFIED
-    count = len(hub.requests())
+    count = len(hub.hits())
     assert run([film_ref()], settings) == {"interpolation_model": FILM}
-    assert len(hub.requests()) == count
+    assert len(hub.hits()) == count
 
 
 def test_bytes_other_than_the_announced_sha256_are_not_kept(
@@ -61,7 +61,7 @@ def test_the_size_cap_holds_for_what_the_hub_announces(
     hub.add("Comfy-Org/frame_interpolation", f"frame_interpolation/{FILM}", model_bytes(300_000, seed=3))
     with pytest.raises(UrlNotAllowed, match="MAX_MODEL_GB"):
         run([film_ref()], settings.model_copy(update={"max_model_gb": 0.0001}))
-    assert not any("blobs" in h.path for h in hub.requests())
+    assert not any("blobs" in h.path for h in hub.hits())
 
 
 def test_a_file_missing_on_the_hub_says_so(hub: FakeHub, settings: Settings) -> None:

@@ -48,7 +48,7 @@ def test_two_workers_ensuring_one_file_download_it_once(volume: Path, tmp_path: 
         env = {"VOLUME_ROOT": str(volume), "MODELS_MANIFEST": str(manifest)}
         workers = [start(hub, sys.executable, "-m", "worker", "models", "ensure", **env) for _ in range(2)]
         results = [w.communicate(timeout=60) for w in workers]
-        downloads = [h for h in hub.cdn.requests() if not h.range]
+        downloads = [h for h in hub.cdn.hits() if not h.range]
     assert [w.returncode for w in workers] == [0, 0], results
     assert sorted(out.splitlines()[0] for out, _ in results) == [
         "race.safetensors: downloaded",
@@ -72,7 +72,7 @@ def test_two_workers_whose_lock_lies_leave_one_whole_file(volume: Path) -> None:
             start(hub, sys.executable, "-c", WRITER, str(volume), url, sha, str(SIZE)) for _ in range(2)
         ]
         results = [w.communicate(timeout=60) for w in workers]
-        downloads = [h for h in hub.cdn.requests() if not h.range]
+        downloads = [h for h in hub.cdn.hits() if not h.range]
     assert [w.returncode for w in workers] == [0, 0], results
     assert [out.strip() for out, _ in results] == ["downloaded", "downloaded"]
     assert len(downloads) == 2  # a lock that lies costs a second download, nothing more

@@ -82,10 +82,10 @@ def test_the_model_is_fetched_on_first_use_then_reused(
     graph = emulator.state()["prompts"][-1]
     assert graph["interpolation_model"]["inputs"]["model_name"] == FILM
     assert graph["interpolate"]["inputs"]["multiplier"] == 2
-    fetched = len(server.requests())
+    fetched = len(server.hits())
     again = run(emulator, volume, interpolate=3)
     assert "error" not in again and probe_b64(again["video"]).frames == 25
-    assert len(server.requests()) == fetched  # present: one stat, no request
+    assert len(server.hits()) == fetched  # present: one stat, no request
 
 
 def test_a_file_that_does_not_match_the_announced_hash_is_not_kept(
