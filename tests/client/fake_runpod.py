@@ -1,4 +1,5 @@
-"""A stand-in for RunPod's serverless API on 127.0.0.1: ``/v2/{endpoint}/run``, ``/status/{id}``, ``/cancel/{id}``.
+"""A stand-in for RunPod's serverless API on the suite's HTTP server: ``/v2/{endpoint}/run``, ``/status/{id}``,
+``/cancel/{id}``.
 
 Every job plays a script: one ``/status`` body per poll, the last one repeated. A cancelled job answers
 CANCELLED from then on. Requests need ``Authorization: Bearer <api_key>``. Files put in ``files`` are served
@@ -13,13 +14,12 @@ connection is closed without an answer).
 
 from __future__ import annotations
 
-import json
-import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
+
+from tests.support.httpserver import HttpServer, Request, Route, json_route
 
 Body = dict[str, Any]
 Fault = tuple[int, dict[str, str]]
@@ -64,95 +64,65 @@ class FakeJob:
         return body
 
 
-@dataclass
-class Record:
-    method: str
-    path: str
-    authorization: str | None
+class FakeRunPod(HttpServer):
+    endpoint = "abc123"
+    api_key = "test-key-9f3c"
 
-
-@dataclass
-class FakeRunPod:
-    endpoint: str = "abc123"
-    api_key: str = "test-key-9f3c"
-    scripts: deque[list[Body]] = field(default_factory=deque)
-    """Scripts for the next jobs, in order; when empty, jobs play ``default_script``."""
-    default_script: list[Body] = field(default_factory=lambda: [queued()])
-    script_for: Callable[[Body], list[Body]] | None = None
-    """Picks a job's script from its input (takes precedence over ``scripts``)."""
-    files: dict[str, bytes] = field(default_factory=dict)
-    faults: dict[str, list[Fault]] = field(default_factory=dict)
-    """Per route, answers to give before the real ones (each used once, in order)."""
-    jobs: dict[str, FakeJob] = field(default_factory=dict)
-    cancelled: list[str] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._httpd.daemon_threads = True
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: deque[list[Body]] = deque()
+        """Scripts for the next jobs, in order; when empty, jobs play ``default_script``."""
+        self.default_script = [queued()]
+        self.script_for: Callable[[Body], list[Body]] | None = None
+        """Picks a job's script from its input (takes precedence over ``scripts``)."""
+        self.files: dict[str, bytes] = {}
+        self.faults: dict[str, list[Fault]] = {}
+        """Per route, answers to give before the real ones (each used once, in order)."""
+        self.jobs: dict[str, FakeJob] = {}
+        self.cancelled: list[str] = []
+        self.routes["/*"] = self.answer
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v2"
+        return self.url("/v2")
 
     def file_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/files/{name}"
-
-    def status_polls(self) -> int:
-        return sum(1 for r in self.records if "/status/" in r.path)
+        return self.url(f"/files/{name}")
 
     def calls(self, route: str) -> int:
         """Requests received for a route (``run``, ``status``, ``cancel``, ``files``), faults included."""
-        return sum(1 for r in self.records if _route(r.path) == route)
+        return sum(1 for hit in self.hits() if _route(hit.path) == route)
 
-    def __enter__(self) -> FakeRunPod:
-        self._thread.start()
-        return self
+    def status_polls(self) -> int:
+        return self.calls("status")
 
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    # ------------------------------------------------------------------------------------- behaviour
-
-    def fault(self, path: str) -> Fault | None:
-        with self._lock:
-            queued = self.faults.get(_route(path))
-            if not queued:
-                return None
-            self.records.append(Record("?", path, None))
-            return queued.pop(0)
-
-    def answer(self, method: str, path: str, body: Body | None, auth: str | None) -> tuple[int, Body | bytes]:
-        with self._lock:
-            self.records.append(Record(method, path, auth))
-            if path.startswith("/files/") and method == "GET":
-                data = self.files.get(path[len("/files/") :])
-                return (200, data) if data is not None else (404, {"error": "no such file"})
-            prefix = f"/v2/{self.endpoint}/"
-            if not path.startswith(prefix):
-                return 404, {"error": "endpoint not found"}
-            if auth != f"Bearer {self.api_key}":
-                return 401, {"error": "Unauthorized"}
-            return self._route(method, path[len(prefix) :], body or {})
-
-    def _route(self, method: str, route: str, body: Body) -> tuple[int, Body]:
-        action, _, job_id = route.partition("/")
-        if method == "POST" and action == "run":
-            return 200, self._run(body)
-        job = self.jobs.get(job_id)
-        if job is None:
-            return 404, {"error": "job not found"}
-        if method == "GET" and action == "status":
-            return 200, {"id": job.id, **job.next_status()}
-        if method == "POST" and action == "cancel":
-            job.cancelled = True
-            self.cancelled.append(job.id)
-            return 200, {"id": job.id, "status": "CANCELLED"}
-        return 405, {"error": "method not allowed"}
+    def answer(self, request: Request) -> Route:
+        with self.lock:
+            if faults := self.faults.get(_route(request.path)):
+                status, headers = faults.pop(0)
+                return Route(status, b"{}", headers, drop=not status)
+            if request.path.startswith("/files/") and request.method == "GET":
+                data = self.files.get(request.path.removeprefix("/files/"))
+                if data is None:
+                    return json_route({"error": "no such file"}, 404)
+                return Route(body=data, headers={"Content-Type": "application/octet-stream"})
+            if not request.path.startswith(f"/v2/{self.endpoint}/"):
+                return json_route({"error": "endpoint not found"}, 404)
+            action, _, job_id = request.path.removeprefix(f"/v2/{self.endpoint}/").partition("/")
+            if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return json_route({"error": "Unauthorized"}, 401)
+            if request.method == "POST" and action == "run":
+                return json_route(self._run(request.json() or {}))
+            job = self.jobs.get(job_id)
+            if job is None:
+                return json_route({"error": "job not found"}, 404)
+            if request.method == "GET" and action == "status":
+                return json_route({"id": job.id, **job.next_status()})
+            if request.method == "POST" and action == "cancel":
+                job.cancelled = True
+                self.cancelled.append(job.id)
+                return json_route({"id": job.id, "status": "CANCELLED"})
+            return json_route({"error": "method not allowed"}, 405)
 
     def _run(self, body: Body) -> Body:
         job_id = f"job-{len(self.jobs) + 1}"
@@ -169,41 +139,3 @@ def _route(path: str) -> str:
     """``/v2/{endpoint}/status/{id}`` -> ``status``; ``/files/{name}`` -> ``files``."""
     parts = path.split("/")
     return parts[1] if parts[1] == "files" else (parts[3] if len(parts) > 3 else "")
-
-
-def _handler_for(server: FakeRunPod) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            fault = server.fault(self.path)
-            if fault is not None:
-                if fault == DROP:
-                    self.close_connection = True
-                    return
-                self.send_response(fault[0])
-                for key, value in {**fault[1], "Content-Length": "2"}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(b"{}")
-                return
-            body = json.loads(raw) if raw else None
-            status, answer = server.answer(method, self.path, body, self.headers.get("Authorization"))
-            data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-            self.send_response(status)
-            kind = "application/octet-stream" if isinstance(answer, bytes) else "application/json"
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
