@@ -1,7 +1,7 @@
-"""Download tests' servers, on the suite's one HTTP server: files served as a plain host and a CDN serve them,
-and a fake of the Hugging Face Hub; model-like bytes to serve.
+"""The download tests' servers, on the suite's one HTTP server: :class:`FileServer` (files as a plain host or a
+CDN serves them) and :class:`FakeHub` (the Hugging Face Hub as ``HF_ENDPOINT`` reaches it); model-like bytes.
 
-Also ``python -m tests.models.fileserver FILE``: one file served from its own process (for the benchmark).
+``python -m tests.models.fileserver FILE`` serves one file from a process of its own (for bench/download.py).
 """
 
 from __future__ import annotations
