@@ -96,6 +96,7 @@ class Hit:
     status: int = 0
     range: str | None = None
     sent: int = 0
+    """Body bytes handed to the connection (counted before the client can read them)."""
 
 
 Handler = Callable[[Request], Route]
@@ -240,17 +241,18 @@ def _handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             try:
                 while offset < end and not server.stopped.is_set():
                     count = min(step, end - offset)
+                    with server.lock:  # counted before the client can have them, so a test never sees fewer
+                        hit.sent += count
                     if sendfile:
-                        count = os.sendfile(self.connection.fileno(), source.fileno(), offset, count)
+                        written = os.sendfile(self.connection.fileno(), source.fileno(), offset, count)
                     else:
                         source.seek(offset)
                         chunk = source.read(count)
-                        if route.wrong:
-                            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                        self.wfile.write(chunk)
-                    offset += count
+                        self.wfile.write(bytes([chunk[0] ^ 0xFF]) + chunk[1:] if route.wrong else chunk)
+                        written = len(chunk)
                     with server.lock:
-                        hit.sent += count
+                        hit.sent -= count - written
+                    offset += written
                     if route.drip_delay_s:
                         time.sleep(route.drip_delay_s)
                     if route.throttle_bps:
