@@ -60,7 +60,7 @@ from tests.real.tiny_models import ensure_volume  # noqa: E402
 from tests.support.worker_proc import free_port  # noqa: E402
 
 from worker.config import Settings  # noqa: E402
-from worker.handler import handle  # noqa: E402
+from worker.handler import handle_job  # noqa: E402
 
 PROMPT = "a red fox runs through the snow"
 PEAK_TFLOPS = 989.0
@@ -140,7 +140,7 @@ class Bench:
         memory.reset()
         fields = job_input(job, prompt=self.prompt, seed=self.seed, film=self.film)
         started = time.monotonic()
-        result = asyncio.run(handle({"id": f"bench-{config.name}-{job.name}", "input": fields}, settings))
+        result = asyncio.run(handle_job({"id": f"bench-{config.name}-{job.name}", "input": fields}, settings))
         wall = time.monotonic() - started
         stages = gpu_report.stages(tap.take())
         print(f"[gpu-bench] {config.name} / {job.name}: {wall:.1f} s", file=sys.stderr, flush=True)
