@@ -68,9 +68,10 @@ class RunpodStandin:
         }
 
     # ------------------------------------------------------------------ test side
-    def submit(self, job_input: Mapping[str, Any]) -> str:
+    def submit(self, job_input: Mapping[str, Any], **beside: Any) -> str:
+        """Queue a job; ``beside`` holds what RunPod sends next to ``input`` (``s3Config``, ``webhook``)."""
         job_id = f"standin-{uuid.uuid4()}"
-        self.jobs.put({"id": job_id, "input": dict(job_input)})
+        self.jobs.put({"id": job_id, "input": dict(job_input), **beside})
         return job_id
 
     def cancel(self, job_id: str) -> None:

@@ -15,8 +15,10 @@ a minute per 512-token prompt on two CPU cores) and keeps the encoding for the j
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -519,6 +521,25 @@ def test_cancel_interrupts_comfyui_and_the_next_job_runs(
     check_video(result["output"], frames=9)
     left = set(comfyui.http.get(f"{comfyui.url}/history", timeout=10).json()) - history_before
     assert not left, f"the cancelled job's or the next job's prompt stayed in ComfyUI's history: {left}"
+
+
+def test_a_job_s3config_puts_its_video_in_that_bucket(
+    production_worker: tuple[RunpodStandin, ProductionWorker], s3_endpoint: str
+) -> None:
+    """RunPod hands a job's ``s3Config`` to the worker beside ``input``, in production only (the local API
+    drops it): ``auto`` output then means a URL in that bucket, and its secret is nowhere to be seen."""
+    standin, worker = production_worker
+    secret = "per-request-secret-7f3a"
+    s3_config = {"accessId": "k", "accessSecret": secret, "bucketName": "videos", "endpointUrl": s3_endpoint}
+    job_id = standin.submit({**job(seed=12), "output": "auto"}, s3Config=s3_config)
+    posted = standin.wait_result(job_id, timeout_s=JOB_S)
+    out = posted["output"]
+    assert "error" not in posted and "video" not in out, posted
+    assert out["video_url"].startswith(s3_endpoint), out
+    assert out["bucket_key"].endswith(".mp4"), out
+    video = requests.get(out["video_url"], timeout=10).content
+    check_video({**out, "video": base64.b64encode(video).decode()}, frames=9)
+    assert secret not in json.dumps(posted) + worker.log()
 
 
 @pytest.mark.timeout(20 * JOB_S)
