@@ -1,7 +1,7 @@
-"""The Python API of the wan-worker client: :func:`make_input` builds a job, a :class:`Client` runs it on a RunPod
-endpoint (``POST /run``, ``GET /status`` polled with backoff, the worker's progress in its ``output``, ``POST
-/cancel``) or on the runpod SDK's local API (``POST /run`` stashes the job, ``POST /status`` runs it and answers
-at its end: no progress, no cancel). ``wan-video`` (:mod:`worker.client.cli`) is built on it.
+"""The Python API of the wan-worker client: :func:`make_input` or :func:`workflow_input` builds a job, a
+:class:`Client` runs it on a RunPod endpoint (``POST /run``, ``GET /status`` polled with backoff, the worker's
+progress in its ``output``, ``POST /cancel``) or on the runpod SDK's local API (``POST /run`` stashes the job,
+``POST /status`` runs it and answers at its end: no progress, no cancel). ``wan-video`` (:mod:`.cli`) is built on it.
 
 >>> client = Client(endpoint="abc123")  # or Client(url="http://localhost:8000"); RUNPOD_API_KEY from the env
 >>> client.save_video(client.generate(make_input("a fox in the snow", "start.png", length=49)), "fox.mp4")
@@ -35,6 +35,8 @@ RETRY = Retry(5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
 RETRY_UNSENT = RETRY.new(status_forcelist=(429, 503), allowed_methods=None, read=False)
 """A POST (submit, cancel, the local API's ``/status`` that runs the job) is sent again only when the server
 surely did not take it (no connection, or 429/503), not after a lost answer, lest the job run twice."""
+PAYLOAD_LIMITS = {"/run": 10_000_000, "/runsync": 20_000_000}
+"""The most bytes of JSON that RunPod takes in a request, per route; the client refuses bigger ones first."""
 
 
 class ClientError(Exception):
@@ -141,6 +143,10 @@ class VideoResult:
     mime_type: str = "video/mp4"
     size_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    frames: dict[str, int] = field(default_factory=dict)
+    """An extension's frame counts: ``given``, ``new``, ``delivered``."""
+    outputs: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """A workflow job's files: ``node_id``, ``filename``, ``mime_type``, ``data`` (base64) or ``url``."""
     adjustments: tuple[Adjustment, ...] = ()
     video_base64: str | None = field(default=None, repr=False)
     video_url: str | None = field(default=None, repr=False)
@@ -187,37 +193,62 @@ def _plain_error(error: str | None) -> str | None:
     return f"{kind.group(1).rsplit('.', 1)[-1]}: {message}" if kind else str(message)
 
 
-def encode_image(data: bytes) -> str:
-    """An image file as base64: the worker recognises the format by its content."""
-    return base64.b64encode(data).decode("ascii")
-
-
 def is_url(text: str) -> bool:
     return re.match(r"https?://", text, flags=re.IGNORECASE) is not None
 
 
-def image_fields(source: str | os.PathLike[str], *, end: bool = False) -> dict[str, str]:
-    """The job fields for one image: ``http(s)://`` -> ``*_url``, ``volume:PATH`` -> ``*_path`` (a file on the
-    worker's volume), anything else is a local file sent as base64 in ``*_base64``."""
-    prefix, text = "end_image" if end else "image", os.fspath(source)
-    if is_url(text):
-        return {f"{prefix}_url": text}
-    if text.startswith("volume:"):
-        return {f"{prefix}_path": text[len("volume:") :]}
-    if not Path(text).expanduser().is_file():
-        raise UsageError(f"{text}: no such image file")
+def file_base64(path: str | os.PathLike[str], what: str = "image") -> str:
+    """A local file as base64: the worker recognises the format by its content."""
+    if not (file := Path(path).expanduser()).is_file():
+        raise UsageError(f"{os.fspath(path)}: no such {what} file")
     try:
-        return {f"{prefix}_base64": encode_image(Path(text).expanduser().read_bytes())}
+        return base64.b64encode(file.read_bytes()).decode("ascii")
     except OSError as exc:
-        raise UsageError(f"{text}: cannot read the image ({exc.strerror or exc})") from exc
+        raise UsageError(f"{os.fspath(path)}: cannot read the {what} ({exc.strerror or exc})") from exc
 
 
-def make_input(prompt: str, image: str | os.PathLike[str], *, end_image: Any = None, **fields: Any) -> Any:
-    """A job ``input``: the prompt, the image(s) and any other field of the job contract (None = default)."""
-    ends = image_fields(end_image, end=True) if end_image is not None else {}
-    return {"prompt": prompt, **image_fields(image), **ends} | {
-        k: v for k, v in fields.items() if v is not None
-    }
+def make_input(
+    prompt: str, image: Any = None, *, end_image: Any = None, video: Any = None, **fields: Any
+) -> Any:
+    """A job ``input``: the prompt, the start image (or the ``video`` to extend), the end image and any other field
+    of the job contract (None = default). Each file is sent by its form: ``http(s)://`` as ``*_url``,
+    ``volume:PATH`` (a file on the worker's volume) as ``*_path``, anything else as a local file in ``*_base64``."""
+    job = {"prompt": prompt}
+    for prefix, source in (("image", image), ("end_image", end_image), ("extend_video", video)):
+        text = "" if source is None else os.fspath(source)
+        if is_url(text):
+            job[f"{prefix}_url"] = text
+        elif text.startswith("volume:"):
+            job[f"{prefix}_path"] = text.removeprefix("volume:")
+        elif source is not None:
+            job[f"{prefix}_base64"] = file_base64(text, prefix.rpartition("_")[2])
+    return job | {k: v for k, v in fields.items() if v is not None}
+
+
+def workflow_input(graph: Any, images: Mapping[str, Any] | None = None, **fields: Any) -> Any:
+    """A ``workflow`` job: a ComfyUI API-format graph (or its JSON file), the files its nodes load by name
+    (``{name: a local file or an http(s) URL}``) and the fields allowed beside it, such as ``output``."""
+    if not isinstance(graph, Mapping):
+        try:
+            graph = json.loads(Path(graph).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{os.fspath(graph)}: not a readable JSON graph ({exc})") from exc
+    files = [
+        {"name": n, "image": str(f) if is_url(str(f)) else file_base64(f)} for n, f in (images or {}).items()
+    ]
+    return (
+        {"workflow": graph}
+        | ({"images": files} if files else {})
+        | {k: v for k, v in fields.items() if v is not None}
+    )
+
+
+def extend_input(job_input: Mapping[str, Any], result: VideoResult) -> dict[str, Any]:
+    """The next segment: ``job_input`` without its images or video, extending ``result``'s video by its URL when
+    it came back as one, else by its base64."""
+    job = {k: v for k, v in job_input.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
+    key = "extend_video_url" if result.video_url else "extend_video_base64"
+    return job | {key: result.video_url or result.video_base64}
 
 
 def _session(retry: Retry, headers: Mapping[str, str]) -> requests.Session:
@@ -261,9 +292,16 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.where!r})"
 
-    def submit(self, job_input: Mapping[str, Any]) -> str:
-        """``POST /run``: the job's id."""
-        job_id = self._call("POST", "/run", {"input": dict(job_input)}).get("id")
+    def submit(self, job_input: Mapping[str, Any], *, webhook: str | None = None) -> str:
+        """``POST /run`` (``webhook``: where RunPod posts the result): the job's id. RunPod's payload limit is
+        checked here, before anything is sent."""
+        body = json.dumps({"input": dict(job_input)} | ({"webhook": webhook} if webhook else {}))
+        if not self.local and len(body) > (limit := PAYLOAD_LIMITS["/run"]):
+            raise UsageError(
+                f"the request is {len(body) / 1e6:.1f} MB, over the {limit / 1e6:g} MB that RunPod takes at /run:"
+                " send large files by URL, and use a bucket (output=url) so that videos go by URL"
+            )
+        job_id = self._call("POST", "/run", body).get("id")
         if not isinstance(job_id, str) or not job_id:
             raise ApiError(f"{self.where} accepted the job but returned no job id")
         return job_id
@@ -315,30 +353,69 @@ class Client:
             stop.wait(min(interval, left))
         raise Interrupted(f"stopped waiting for job {job_id}")
 
-    def generate(self, job_input: Mapping[str, Any], **wait: Any) -> VideoResult:
-        """Submit and wait (``on_progress``, ``timeout``: as :meth:`wait`)."""
-        return self.wait(self.submit(job_input), **wait)
+    def generate(
+        self, job_input: Mapping[str, Any], *, segments: int = 1, webhook: str | None = None, **wait: Any
+    ) -> VideoResult:
+        """Submit and wait (``on_progress``, ``timeout``, ``stop``: as :meth:`wait`; ``on_submit``: told each job's
+        id). ``segments`` chains that many jobs into one video, each extending the one before (:func:`extend_input`)."""
+        on_submit, result = wait.pop("on_submit", None), None
+        for segment in range(1, segments + 1):
+            try:
+                job_id = self.submit(
+                    job_input if result is None else extend_input(job_input, result), webhook=webhook
+                )
+            except UsageError as exc:
+                raise UsageError(
+                    f"segment {segment} of {segments}: {exc}" if segments > 1 else str(exc)
+                ) from None
+            if on_submit:
+                on_submit(job_id)
+            result = self.wait(job_id, **wait)
+        if result is None:
+            raise UsageError("segments must be at least 1")
+        return result
 
     def video_bytes(self, result: VideoResult) -> bytes:
         """The MP4: decoded from the result, or downloaded from ``video_url``."""
-        if result.video_base64:
-            try:
-                return base64.b64decode(result.video_base64, validate=True)
-            except ValueError as exc:
-                raise ApiError("the result's video is not valid base64") from exc
-        if not result.video_url:
-            raise ApiError("the result has neither a video nor a video_url")
-        try:
-            response = self._downloads.get(result.video_url, timeout=(CONNECT_TIMEOUT_S, DOWNLOAD_TIMEOUT_S))
-        except requests.RequestException as exc:
-            raise ApiError(f"cannot download the video ({type(exc).__name__})") from exc
-        if (code := response.status_code) >= 400:
-            raise ApiError(f"cannot download the video: HTTP {code}", status_code=code)
-        return response.content
+        return self._content(result.video_base64, result.video_url, "video")
 
     def save_video(self, result: VideoResult, path: str | os.PathLike[str]) -> Path:
         """Write the MP4 to ``path`` (atomically: a partial file never takes the final name)."""
-        target, data = Path(path), self.video_bytes(result)
+        return self._write(Path(path), self.video_bytes(result))
+
+    def save_outputs(self, result: VideoResult, folder: str | os.PathLike[str]) -> list[Path]:
+        """A workflow job's files (decoded, or downloaded from their ``url``) as ``folder/<filename>``, the node id
+        first where two share a name; without ``outputs``, the video as ``video.mp4``."""
+        paths: list[Path] = []
+        for entry in result.outputs or [
+            {"filename": "video.mp4", "data": result.video_base64, "url": result.video_url}
+        ]:
+            name = Path(str(entry.get("filename"))).name.lstrip(".") or "output"
+            name = f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name
+            paths.append(
+                self._write(Path(folder, name), self._content(entry.get("data"), entry.get("url"), name))
+            )
+        return paths
+
+    def _content(self, data: str | None, url: str | None, what: str) -> bytes:
+        """A file of the result: decoded from its base64, or downloaded from its URL."""
+        if data:
+            try:
+                return base64.b64decode(data, validate=True)
+            except ValueError as exc:
+                raise ApiError(f"the result's {what} is not valid base64") from exc
+        if not url:
+            raise ApiError(f"the result has neither its {what} nor a URL for it")
+        try:
+            response = self._downloads.get(url, timeout=(CONNECT_TIMEOUT_S, DOWNLOAD_TIMEOUT_S))
+        except requests.RequestException as exc:
+            raise ApiError(f"cannot download the {what} ({type(exc).__name__})") from exc
+        if (code := response.status_code) >= 400:
+            raise ApiError(f"cannot download the {what}: HTTP {code}", status_code=code)
+        return response.content
+
+    @staticmethod
+    def _write(target: Path, data: bytes) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
@@ -361,22 +438,25 @@ class Client:
         threading.Thread(target=call, name=f"status-{job_id}", daemon=True).start()
         return lambda: future.result() if future.done() else None
 
-    def _call(self, method: str, path: str, payload: Any = None, forever: bool = False) -> Any:
-        """One API call (``forever``: no read timeout), its JSON object back or a useful :class:`ApiError`."""
-        timeout = (CONNECT_TIMEOUT_S, None if forever else self.request_timeout)
+    def _call(self, method: str, path: str, body: str | None = None, forever: bool = False) -> Any:
+        """One API call (``body``: JSON text; ``forever``: no read timeout), its JSON object back or a useful
+        :class:`ApiError`."""
+        timeout, headers = (CONNECT_TIMEOUT_S, None if forever else self.request_timeout), {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             session = self._gets if method == "GET" else self._posts
-            response = session.request(method, self.base + path, json=payload, timeout=timeout)
+            response = session.request(method, self.base + path, data=body, headers=headers, timeout=timeout)
         except requests.Timeout as exc:
             raise ApiError(f"{self.where} did not answer in time") from exc
         except requests.RequestException as exc:
             raise ApiError(f"cannot reach {self.where} ({type(exc).__name__})") from exc
         try:
-            body = response.json()
+            answer = response.json()
         except ValueError:
-            body = None
+            answer = None
         if (code := response.status_code) >= 400:
-            said = body if isinstance(body, dict) else {}
+            said = answer if isinstance(answer, dict) else {}
             hint = said.get("error") or said.get("message") or said.get("detail")
             problem = f"answered HTTP {code}" + (f": {str(hint)[:200]}" if hint else "")
             if code in (401, 403) and not self.local:
@@ -384,6 +464,6 @@ class Client:
             elif code == 404:
                 problem = f"has no {path} (HTTP 404): check the endpoint id or URL"
             raise ApiError(f"{self.where} {problem}", status_code=code)
-        if not isinstance(body, dict):
+        if not isinstance(answer, dict):
             raise ApiError(f"{self.where} answered with something that is not a JSON object")
-        return body
+        return answer

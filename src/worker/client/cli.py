@@ -1,6 +1,6 @@
-"""``wan-video generate`` (one video from an image) and ``wan-video batch`` (one per image in a folder,
-resumable): on a RunPod endpoint or the local API. Exits 0 on success, 1 when a job failed or the API could not be
-used, 2 on a usage error, 130 on Ctrl-C."""
+"""``wan-video generate`` (one video from an image), ``extend`` (a video made longer), ``workflow`` (your own
+graph) and ``batch`` (one video per image in a folder, resumable): on a RunPod endpoint or the local API. Exits 0
+on success, 1 when a job failed or the API could not be used, 2 on a usage error, 130 on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,8 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import Client, ClientError, Interrupted, JobFailed, Progress, UsageError, WaitTimeout, make_input
-from .options import add_job_options, job_fields
+from . import (
+    Client,
+    ClientError,
+    Interrupted,
+    JobFailed,
+    Progress,
+    UsageError,
+    WaitTimeout,
+    is_url,
+    make_input,
+    workflow_input,
+)
+from .options import WORKFLOW_FIELDS, add_job_options, job_fields
 
 try:
     from .progress import ProgressBar, format_elapsed, print_table
@@ -27,16 +38,39 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+def count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected a whole number, at least 1")
+    return int(text)
+
+
+def url(text: str) -> str:
+    if not is_url(text):
+        raise argparse.ArgumentTypeError("expected an http(s) URL")
+    return text
+
+
+def named_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(
+            "expected NAME=PATH (or NAME=URL), NAME as the graph's nodes load it"
+        )
+    return name, path
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("where to run")
-    where = group.add_mutually_exclusive_group(required=True)
-    where.add_argument("--endpoint", help="RunPod serverless endpoint id (API key from RUNPOD_API_KEY)")
-    where.add_argument("--url", help="the local API, e.g. http://localhost:8000")
+    where = argparse.ArgumentParser(add_help=False)
+    group = where.add_argument_group("where to run")
+    backend = group.add_mutually_exclusive_group(required=True)
+    backend.add_argument("--endpoint", help="RunPod serverless endpoint id (API key from RUNPOD_API_KEY)")
+    backend.add_argument("--url", help="the local API, e.g. http://localhost:8000")
+    group.add_argument("--webhook", metavar="URL", help="RunPod posts each job's result to this URL as well")
     group.add_argument("--timeout", type=float, help="give up waiting for a job after this many seconds")
     first_pause = "first pause between status polls; it grows to 5 s while nothing changes (default 0.5)"
     group.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS", help=first_pause)
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common = argparse.ArgumentParser(add_help=False, parents=[where])
     add_job_options(common)
     parser = argparse.ArgumentParser(
         prog="wan-video",
@@ -47,11 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", parents=[common], help="one video from a start image")
     generate.add_argument("--image", required=True, help="start image: a file, an http(s) URL or volume:PATH")
     generate.add_argument("--end-image", help="end image (first-last-frame video): same forms as --image")
-    generate.add_argument("-o", "--output", required=True, type=Path, help="where to save the MP4")
+    extend = commands.add_parser("extend", parents=[common], help="a video made longer from its last frames")
+    video = extend.add_mutually_exclusive_group(required=True)
+    video.add_argument("--video", help="the video to extend: a file, an http(s) URL or volume:PATH")
+    video.add_argument(
+        "--video-url", dest="video", type=url, metavar="URL", help="the video to extend, by URL"
+    )
+    for command in (generate, extend):
+        command.add_argument("-o", "--output", required=True, type=Path, help="where to save the MP4")
+        more = "jobs chained into one video, each extending the one before (default 1)"
+        command.add_argument("--segments", type=count, default=1, metavar="N", help=more)
     batch = commands.add_parser("batch", parents=[common], help="one video per image in a folder")
     batch.add_argument("--images", required=True, type=Path, help="folder of images (png, jpg, webp)")
     batch.add_argument("-o", "--output", required=True, type=Path, help="folder for the MP4s")
-    batch.add_argument("--concurrency", type=int, default=1, metavar="N", help="jobs at once (default 1)")
+    batch.add_argument("--concurrency", type=count, default=1, metavar="N", help="jobs at once (default 1)")
+    workflow = commands.add_parser("workflow", parents=[where], help="your own ComfyUI graph (API format)")
+    workflow.add_argument(
+        "graph", type=Path, metavar="GRAPH.json", help="the graph, as ComfyUI exports it for the API"
+    )
+    files = (
+        "a file the graph loads by NAME (LoadImage, LoadVideo): a local file or an http(s) URL; repeatable"
+    )
+    workflow.add_argument("--image", type=named_file, action="append", metavar="NAME=PATH", help=files)
+    workflow.add_argument("--output-dir", required=True, type=Path, help="the folder for every file it makes")
+    add_job_options(workflow, only=WORKFLOW_FIELDS)
     return parser
 
 
@@ -67,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = max(0.01, args.poll_interval)
         client = Client(endpoint=args.endpoint, url=args.url, poll_interval=(first, max(first, 5.0)))
         bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-        return (run_generate if args.command == "generate" else run_batch)(args, client, bar)
+        return (run_batch if args.command == "batch" else run_job)(args, client, bar)
     except UsageError as exc:
         print(f"wan-video: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -93,30 +146,73 @@ def cancel(client: Client, job_ids: Sequence[str], why: str = "") -> None:
             print(f"could not cancel job {job_id}: {exc or 'interrupted'}", file=sys.stderr)
 
 
-def run_generate(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
-    job = make_input(image=args.image, end_image=args.end_image, **job_fields(args))
-    job_id = ""
+def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
+    """One video (``generate``, ``extend``: ``--segments`` jobs chained into one), or a graph's files (``workflow``)."""
+    if args.command == "workflow":
+        job = workflow_input(args.graph, dict(args.image or ()), **job_fields(args))
+    else:
+        given = vars(args)
+        job = make_input(
+            image=given.get("image"),
+            end_image=given.get("end_image"),
+            video=given.get("video"),
+            **job_fields(args),
+        )
+    jobs: list[str] = []
+    segments = getattr(args, "segments", 1)
+
+    def submitted(job_id: str) -> None:
+        jobs.append(job_id)
+        told = f" (segment {len(jobs)} of {segments})" if segments > 1 else ""
+        bar.note(f"job {job_id} on {client.where}{told}")
+
     try:
-        job_id = client.submit(job)
-        bar.note(f"job {job_id} on {client.where}")
-        result = client.wait(job_id, on_progress=bar, timeout=args.timeout)
+        result = client.generate(
+            job,
+            segments=segments,
+            webhook=args.webhook,
+            on_submit=submitted,
+            on_progress=bar,
+            timeout=args.timeout,
+        )
         if result.video_url and not result.video_base64:
             bar(Progress("downloading"))
-        path = client.save_video(result, args.output)
+        if args.command == "workflow":
+            paths = client.save_outputs(result, args.output_dir)
+        else:
+            paths = [client.save_video(result, args.output)]
     except KeyboardInterrupt:
         bar.close()
-        cancel(client, [job_id] if job_id else [], "interrupted")
+        cancel(client, jobs[-1:], "interrupted")
         return EXIT_INTERRUPTED
     except ClientError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
-        cancel(client, [job_id] if isinstance(exc, WaitTimeout) else [])
+        cancel(client, jobs[-1:] if isinstance(exc, WaitTimeout) else [])
         return EXIT_FAILED
     bar.close()
-    size, fps = path.stat().st_size, "?" if result.fps is None else f"{result.fps:g}"
-    told = f"{size} bytes" if size < 1e3 else f"{size / 1e3:.0f} kB" if size < 1e6 else f"{size / 1e6:.1f} MB"
-    shape = f"{result.width}x{result.height}, {result.length} frames at {fps} fps, {result.steps} steps"
-    print(f"saved {path} ({told}): {result.mode or 'video'} {shape}\nseed: {result.seed}")
+    fps, frames = (
+        "?" if result.fps is None else f"{result.fps:g}",
+        result.frames.get("delivered", result.length),
+    )
+    shape = f"{result.width}x{result.height}, {frames} frames at {fps} fps, {result.steps} steps"
+    for path in paths:
+        size = path.stat().st_size
+        told = (
+            f"{size} bytes"
+            if size < 1e3
+            else f"{size / 1e3:.0f} kB"
+            if size < 1e6
+            else f"{size / 1e6:.1f} MB"
+        )
+        print(
+            f"saved {path} ({told})"
+            + ("" if args.command == "workflow" else f": {result.mode or 'video'} {shape}")
+        )
+    if result.frames:
+        print("frames: " + ", ".join(f"{k} {v}" for k, v in result.frames.items()))
+    if result.seed is not None:
+        print(f"seed: {result.seed}")
     for adj in result.adjustments:
         print(f"adjusted {adj.field}: {adj.requested} -> {adj.used} ({adj.reason})")
     if result.timings:
@@ -158,8 +254,6 @@ def plan_batch(folder: Path, outdir: Path) -> list[BatchItem]:
 def run_batch(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
     """The pending images on ``--concurrency`` daemon threads; this one reports, and takes Ctrl-C."""
     items = plan_batch(args.images, args.output)
-    if args.concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
     pending = [item for item in items if item.state == "pending"]
     todo, finished, stop = queue.SimpleQueue[BatchItem](), queue.Queue[BatchItem](), threading.Event()
     for item in pending:
@@ -208,7 +302,7 @@ def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: thr
     try:
         job = make_input(image=item.image, **job_fields(args))
         item.state = "running"
-        item.job_id = client.submit(job)
+        item.job_id = client.submit(job, webhook=args.webhook)
         result = client.wait(item.job_id, timeout=args.timeout, stop=stop)
         client.save_video(result, item.output)
         item.state, item.seed, item.message = "done", str(result.seed), str(item.output)

@@ -19,8 +19,11 @@ OPTION_NAMES = {
     "lora_pairs": "--lora",
 }
 """Options not named ``--field-name`` (``--no-field-name`` for a field true by default). ``--output`` is the file."""
-IMAGE_FIELD = re.compile(r"(end_)?image_(url|base64|path)")
-"""Set by ``--image`` / ``--end-image``: a file, an http(s) URL or ``volume:PATH`` picks which."""
+IMAGE_FIELD = re.compile(r"((end_)?image|extend_video)_(url|base64|path)|workflow|images")
+"""Set by ``--image`` / ``--end-image`` / ``--video`` (a file, an http(s) URL or ``volume:PATH`` picks which), or
+by the ``workflow`` command's graph and ``--image NAME=PATH``."""
+WORKFLOW_FIELDS = {"output", "return_last_frame", "models"}
+"""The fields a ``workflow`` job takes beside its graph and files."""
 DEST, TYPES = "job:", {"integer": (int, "N"), "number": (float, "X"), "string": (str, "TEXT")}
 
 
@@ -49,16 +52,19 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return name, raw
 
 
-def add_job_options(parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None) -> None:
-    """One option per field of the job contract (``schema``: :func:`worker.schema.input_json_schema`)."""
+def add_job_options(
+    parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None, only: set[str] | None = None
+) -> None:
+    """One option per field of the job contract (``schema``: :func:`worker.schema.input_json_schema`), or of the
+    fields in ``only``."""
     schema = schema if schema is not None else input_json_schema()
     group = parser.add_argument_group("job (see the README's API reference)")
     for name, spec in sorted(schema["properties"].items(), key=lambda kv: "anyOf" in kv[1]):  # models last
+        if IMAGE_FIELD.fullmatch(name) or (only is not None and name not in only):
+            continue
         kind = next((s.get("type") for s in spec.get("anyOf", [spec]) if s.get("type") != "null"), None)
         flag, notes = name.replace("_", "-"), _notes(spec)
         extra: dict[str, Any] = {"help": " ".join(spec.get("description", "").split())}
-        if IMAGE_FIELD.fullmatch(name):
-            continue
         if name == "lora_pairs":
             extra = {"action": "append", "type": parse_lora, "metavar": "HIGH,LOW[,HW[,LW]]"}
             extra["help"] = "a LoRA pair: files on the volume or URLs, optional weights; repeat for more"
