@@ -17,7 +17,6 @@ from worker.client import (
     Client,
     UsageError,
     VideoResult,
-    extend_input,
     make_input,
     workflow_input,
 )
@@ -157,7 +156,6 @@ def test_extend_sends_the_video_and_says_the_frames(
     url = "https://example.com/clip.mp4"
     assert cli(runpod, "extend", "--video-url", url, "--prompt", "p", "-o", out) == 0
     assert runpod.jobs["job-2"].input == {"prompt": "p", "extend_video_url": url}
-    assert cli(runpod, "extend", "--video-url", "clip.mp4", "--prompt", "p", "-o", out) == 2
     assert cli(runpod, "extend", "--video", tmp_path / "gone.mp4", "--prompt", "p", "-o", out) == 2
     assert "gone.mp4: no such video file" in capsys.readouterr().err
 
@@ -245,11 +243,6 @@ def test_the_python_api(runpod: FakeRunPod, png: Path, tmp_path: Path) -> None:
     assert result.frames == {"given": 49, "new": 49, "delivered": 93}
     assert runpod.jobs["job-2"].input == {"prompt": "p", "extend_video_base64": b64(clip(1))}
     assert runpod.jobs["job-2"].webhook == "https://h.example.com"
-    assert extend_input({"prompt": "p", "image_url": "u", "extend_frames": 9}, result) == {
-        "prompt": "p",
-        "extend_frames": 9,
-        "extend_video_url": "https://b.example.com/2.mp4",
-    }
     assert make_input("p", video="volume:clips/a.mp4") == {"prompt": "p", "extend_video_path": "clips/a.mp4"}
     job = workflow_input(GRAPH, {"start.png": png}, output="url", models=None)
     assert job == {

@@ -1,15 +1,12 @@
 """The Python API of the wan-worker client: :func:`make_input` or :func:`workflow_input` builds a job, a
 :class:`Client` runs it on a RunPod endpoint (``POST /run``, ``GET /status`` polled with backoff, the worker's
 progress in its ``output``, ``POST /cancel``) or on the runpod SDK's local API (``POST /run`` stashes the job,
-``POST /status`` runs it and answers at its end: no progress, no cancel). ``wan-video`` (:mod:`.cli`) is built on it.
-
->>> client = Client(endpoint="abc123")  # or Client(url="http://localhost:8000"); RUNPOD_API_KEY from the env
->>> client.save_video(client.generate(make_input("a fox in the snow", "start.png", length=49)), "fox.mp4")
-"""
+``POST /status`` runs it and answers at its end: no progress, no cancel). ``wan-video`` is built on it."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,8 +30,7 @@ CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S, DOWNLOAD_TIMEOUT_S = 10.0, 30.0, 120.0
 RETRY = Retry(5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False)
 """Polls and downloads (GET): up to 5 more tries, 0, 1, 2, 4, 8 s apart (or as ``Retry-After`` says)."""
 RETRY_UNSENT = RETRY.new(status_forcelist=(429, 503), allowed_methods=None, read=False)
-"""A POST (submit, cancel, the local API's ``/status`` that runs the job) is sent again only when the server
-surely did not take it (no connection, or 429/503), not after a lost answer, lest the job run twice."""
+"""A POST (submit, cancel, the local ``/status``) is sent again only when surely not taken (no connection, 429, 503)."""
 PAYLOAD_LIMITS = {"/run": 10_000_000, "/runsync": 20_000_000}
 """The most bytes of JSON that RunPod takes in a request, per route; the client refuses bigger ones first."""
 
@@ -83,8 +79,7 @@ class JobFailed(ClientError):
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job is: ``queued``, ``running``, or the worker's stage (``inputs``, ``models``, ``comfyui``,
-    ``sampling`` with ``step``/``steps``, ``delivering``)."""
+    """Where a job is: ``queued``, ``running``, or the worker's stage (``sampling`` with ``step``/``steps`` ...)."""
 
     stage: str
     step: int | None = None
@@ -110,11 +105,9 @@ class JobStatus:
 
     @property
     def progress(self) -> Progress:
-        out = self.output
-        if self.status == "IN_QUEUE":
-            return Progress("queued")
-        if not isinstance(out, Mapping) or not isinstance(out.get("stage"), str):
-            return Progress("running")
+        out = self.output if isinstance(self.output, Mapping) else {}
+        if self.status == "IN_QUEUE" or not isinstance(out.get("stage"), str):
+            return Progress("queued" if self.status == "IN_QUEUE" else "running")
         return Progress(out["stage"], out.get("step"), out.get("steps"))
 
 
@@ -143,10 +136,8 @@ class VideoResult:
     mime_type: str = "video/mp4"
     size_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    frames: dict[str, int] = field(default_factory=dict)
-    """An extension's frame counts: ``given``, ``new``, ``delivered``."""
-    outputs: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    """A workflow job's files: ``node_id``, ``filename``, ``mime_type``, ``data`` (base64) or ``url``."""
+    frames: dict[str, int] = field(default_factory=dict)  # an extension's: given, new, delivered
+    outputs: list[dict[str, Any]] = field(default_factory=list, repr=False)  # a workflow job's files
     adjustments: tuple[Adjustment, ...] = ()
     video_base64: str | None = field(default=None, repr=False)
     video_url: str | None = field(default=None, repr=False)
@@ -156,16 +147,15 @@ class VideoResult:
         """From the worker's result: the fields it has, the video under ``video``."""
         known = {f.name for f in dataclasses.fields(cls)} - {"job_id", "adjustments", "video_base64"}
         values = {k: v for k, v in output.items() if k in known and v is not None}
+        said = [{"field": "", "reason": ""} | a for a in output.get("adjustments") or ()]
         adjustments = tuple(
-            Adjustment(a.get("field", ""), a.get("requested"), a.get("used"), a.get("reason", ""))
-            for a in output.get("adjustments") or ()
+            Adjustment(a["field"], a.get("requested"), a.get("used"), a["reason"]) for a in said
         )
         return cls(job_id, **values, adjustments=adjustments, video_base64=output.get("video"))
 
 
 def job_failure(status: JobStatus) -> JobFailed:
-    """Why a job ended without a video, in plain words. RunPod gives ``error`` and ``output: {"error_code",
-    "details"}``; the local API only ``error``, whose text begins with the code (``"invalid_input: ..."``)."""
+    """Why a job ended without a video: from RunPod's ``error`` and ``output``, or the local API's ``error`` alone."""
     output = status.output if isinstance(status.output, Mapping) else {}
     code, details = output.get("error_code") or None, output.get("details") or []
     endings = {"FAILED": "failed", "CANCELLED": "was cancelled", "TIMED_OUT": "timed out on the endpoint"}
@@ -181,11 +171,9 @@ def job_failure(status: JobStatus) -> JobFailed:
 
 def _plain_error(error: str | None) -> str | None:
     """An error text fit to show: the runpod SDK reports an escaped exception as a JSON string."""
-    text = (error or "").strip()
-    try:
+    text, parsed = (error or "").strip(), None
+    with contextlib.suppress(ValueError):
         parsed = json.loads(text) if text.startswith("{") else None
-    except ValueError:
-        parsed = None
     if not isinstance(parsed, Mapping):
         return text or None
     message = parsed.get("error_message") or parsed.get("error") or "unexpected error in the worker"
@@ -210,9 +198,8 @@ def file_base64(path: str | os.PathLike[str], what: str = "image") -> str:
 def make_input(
     prompt: str, image: Any = None, *, end_image: Any = None, video: Any = None, **fields: Any
 ) -> Any:
-    """A job ``input``: the prompt, the start image (or the ``video`` to extend), the end image and any other field
-    of the job contract (None = default). Each file is sent by its form: ``http(s)://`` as ``*_url``,
-    ``volume:PATH`` (a file on the worker's volume) as ``*_path``, anything else as a local file in ``*_base64``."""
+    """A job ``input``: the prompt, the start image or ``video`` to extend, the end image, other fields (None: left
+    out). Files go by form: ``http(s)://`` in ``*_url``, ``volume:PATH`` in ``*_path``, a local file in ``*_base64``."""
     job = {"prompt": prompt}
     for prefix, source in (("image", image), ("end_image", end_image), ("extend_video", video)):
         text = "" if source is None else os.fspath(source)
@@ -226,29 +213,14 @@ def make_input(
 
 
 def workflow_input(graph: Any, images: Mapping[str, Any] | None = None, **fields: Any) -> Any:
-    """A ``workflow`` job: a ComfyUI API-format graph (or its JSON file), the files its nodes load by name
-    (``{name: a local file or an http(s) URL}``) and the fields allowed beside it, such as ``output``."""
+    """A ``workflow`` job: an API-format graph (or its JSON file), ``{name: file or URL}`` its nodes load, ``output``..."""
     if not isinstance(graph, Mapping):
         try:
             graph = json.loads(Path(graph).expanduser().read_text())
         except (OSError, ValueError) as exc:
             raise UsageError(f"{os.fspath(graph)}: not a readable JSON graph ({exc})") from exc
-    files = [
-        {"name": n, "image": str(f) if is_url(str(f)) else file_base64(f)} for n, f in (images or {}).items()
-    ]
-    return (
-        {"workflow": graph}
-        | ({"images": files} if files else {})
-        | {k: v for k, v in fields.items() if v is not None}
-    )
-
-
-def extend_input(job_input: Mapping[str, Any], result: VideoResult) -> dict[str, Any]:
-    """The next segment: ``job_input`` without its images or video, extending ``result``'s video by its URL when
-    it came back as one, else by its base64."""
-    job = {k: v for k, v in job_input.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
-    key = "extend_video_url" if result.video_url else "extend_video_base64"
-    return job | {key: result.video_url or result.video_base64}
+    files = [{"name": n, "image": f if is_url(str(f)) else file_base64(f)} for n, f in (images or {}).items()]
+    return {k: v for k, v in ({"workflow": graph, "images": files or None} | fields).items() if v is not None}
 
 
 def _session(retry: Retry, headers: Mapping[str, str]) -> requests.Session:
@@ -293,14 +265,13 @@ class Client:
         return f"Client({self.where!r})"
 
     def submit(self, job_input: Mapping[str, Any], *, webhook: str | None = None) -> str:
-        """``POST /run`` (``webhook``: where RunPod posts the result): the job's id. RunPod's payload limit is
-        checked here, before anything is sent."""
-        body = json.dumps({"input": dict(job_input)} | ({"webhook": webhook} if webhook else {}))
-        if not self.local and len(body) > (limit := PAYLOAD_LIMITS["/run"]):
-            raise UsageError(
-                f"the request is {len(body) / 1e6:.1f} MB, over the {limit / 1e6:g} MB that RunPod takes at /run:"
-                " send large files by URL, and use a bucket (output=url) so that videos go by URL"
+        """``POST /run`` (``webhook``: RunPod posts the result there too): the job's id. Refused if over RunPod's limit."""
+        body = {"input": dict(job_input)} | ({"webhook": webhook} if webhook else {})
+        if not self.local and (size := len(json.dumps(body))) > (limit := PAYLOAD_LIMITS["/run"]):
+            over = (
+                f"the request is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB that RunPod takes at /run"
             )
+            raise UsageError(f"{over}: send files by URL; use a bucket (output=url) so that videos go by URL")
         job_id = self._call("POST", "/run", body).get("id")
         if not isinstance(job_id, str) or not job_id:
             raise ApiError(f"{self.where} accepted the job but returned no job id")
@@ -327,10 +298,9 @@ class Client:
         timeout: float | None = None,
         stop: threading.Event | None = None,
     ) -> VideoResult:
-        """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every
-        ``poll_interval[0]`` s while the progress changes, up to ``poll_interval[1]`` s while it does not, and
-        telling ``on_progress``. ``timeout`` (s) raises :class:`WaitTimeout`; ``stop``, once set,
-        :class:`Interrupted` (the job is not cancelled). The local API's ``/status`` runs on a helper thread."""
+        """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every ``poll_interval[0]``
+        s while the progress changes, up to ``poll_interval[1]`` s while not, telling ``on_progress``. ``timeout`` (s):
+        :class:`WaitTimeout`; ``stop``, once set: :class:`Interrupted` (the job runs on)."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         stop = stop or threading.Event()
         fetch = (
@@ -356,21 +326,21 @@ class Client:
     def generate(
         self, job_input: Mapping[str, Any], *, segments: int = 1, webhook: str | None = None, **wait: Any
     ) -> VideoResult:
-        """Submit and wait (``on_progress``, ``timeout``, ``stop``: as :meth:`wait`; ``on_submit``: told each job's
-        id). ``segments`` chains that many jobs into one video, each extending the one before (:func:`extend_input`)."""
-        on_submit, result = wait.pop("on_submit", None), None
-        for segment in range(1, segments + 1):
+        """Submit and wait (as :meth:`wait`; ``on_submit`` is told each job id). ``segments``: that many jobs, each
+        extending the last one's video by its URL, else by its base64 (the images go to the first)."""
+        on_submit, result, job = wait.pop("on_submit", None), None, dict(job_input)
+        for n in range(1, segments + 1):
             try:
-                job_id = self.submit(
-                    job_input if result is None else extend_input(job_input, result), webhook=webhook
-                )
+                job_id = self.submit(job, webhook=webhook)
             except UsageError as exc:
-                raise UsageError(
-                    f"segment {segment} of {segments}: {exc}" if segments > 1 else str(exc)
-                ) from None
+                raise UsageError(f"segment {n} of {segments}: {exc}" if segments > 1 else str(exc)) from None
             if on_submit:
                 on_submit(job_id)
             result = self.wait(job_id, **wait)
+            job = {k: v for k, v in job.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
+            job[f"extend_video_{'url' if result.video_url else 'base64'}"] = (
+                result.video_url or result.video_base64
+            )
         if result is None:
             raise UsageError("segments must be at least 1")
         return result
@@ -384,17 +354,13 @@ class Client:
         return self._write(Path(path), self.video_bytes(result))
 
     def save_outputs(self, result: VideoResult, folder: str | os.PathLike[str]) -> list[Path]:
-        """A workflow job's files (decoded, or downloaded from their ``url``) as ``folder/<filename>``, the node id
-        first where two share a name; without ``outputs``, the video as ``video.mp4``."""
+        """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a second one of a name)."""
         paths: list[Path] = []
-        for entry in result.outputs or [
-            {"filename": "video.mp4", "data": result.video_base64, "url": result.video_url}
-        ]:
+        video = {"filename": "video.mp4", "data": result.video_base64, "url": result.video_url}
+        for entry in result.outputs or [video]:
             name = Path(str(entry.get("filename"))).name.lstrip(".") or "output"
-            name = f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name
-            paths.append(
-                self._write(Path(folder, name), self._content(entry.get("data"), entry.get("url"), name))
-            )
+            path = Path(folder, f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name)
+            paths.append(self._write(path, self._content(entry.get("data"), entry.get("url"), name)))
         return paths
 
     def _content(self, data: str | None, url: str | None, what: str) -> bytes:
@@ -438,25 +404,21 @@ class Client:
         threading.Thread(target=call, name=f"status-{job_id}", daemon=True).start()
         return lambda: future.result() if future.done() else None
 
-    def _call(self, method: str, path: str, body: str | None = None, forever: bool = False) -> Any:
-        """One API call (``body``: JSON text; ``forever``: no read timeout), its JSON object back or a useful
-        :class:`ApiError`."""
-        timeout, headers = (CONNECT_TIMEOUT_S, None if forever else self.request_timeout), {}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+    def _call(self, method: str, path: str, payload: Any = None, forever: bool = False) -> Any:
+        """One API call (``forever``: no read timeout), its JSON object back or a useful :class:`ApiError`."""
+        timeout = (CONNECT_TIMEOUT_S, None if forever else self.request_timeout)
         try:
             session = self._gets if method == "GET" else self._posts
-            response = session.request(method, self.base + path, data=body, headers=headers, timeout=timeout)
+            response = session.request(method, self.base + path, json=payload, timeout=timeout)
         except requests.Timeout as exc:
             raise ApiError(f"{self.where} did not answer in time") from exc
         except requests.RequestException as exc:
             raise ApiError(f"cannot reach {self.where} ({type(exc).__name__})") from exc
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+        body = None
+        with contextlib.suppress(ValueError):
+            body = response.json()
         if (code := response.status_code) >= 400:
-            said = answer if isinstance(answer, dict) else {}
+            said = body if isinstance(body, dict) else {}
             hint = said.get("error") or said.get("message") or said.get("detail")
             problem = f"answered HTTP {code}" + (f": {str(hint)[:200]}" if hint else "")
             if code in (401, 403) and not self.local:
@@ -464,6 +426,6 @@ class Client:
             elif code == 404:
                 problem = f"has no {path} (HTTP 404): check the endpoint id or URL"
             raise ApiError(f"{self.where} {problem}", status_code=code)
-        if not isinstance(answer, dict):
+        if not isinstance(body, dict):
             raise ApiError(f"{self.where} answered with something that is not a JSON object")
-        return answer
+        return body

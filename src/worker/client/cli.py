@@ -11,23 +11,13 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import (
-    Client,
-    ClientError,
-    Interrupted,
-    JobFailed,
-    Progress,
-    UsageError,
-    WaitTimeout,
-    is_url,
-    make_input,
-    workflow_input,
-)
-from .options import WORKFLOW_FIELDS, add_job_options, job_fields
+from . import Client, ClientError, Interrupted, JobFailed, Progress, UsageError, make_input, workflow_input
+from .options import DEST, WORKFLOW_FIELDS, add_job_options, job_fields
 
 try:
     from .progress import ProgressBar, format_elapsed, print_table
@@ -36,27 +26,7 @@ except ModuleNotFoundError as missing:  # rich: the command's own extra
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError("expected a whole number, at least 1")
-    return int(text)
-
-
-def url(text: str) -> str:
-    if not is_url(text):
-        raise argparse.ArgumentTypeError("expected an http(s) URL")
-    return text
-
-
-def named_file(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not (sep and name and path):
-        raise argparse.ArgumentTypeError(
-            "expected NAME=PATH (or NAME=URL), NAME as the graph's nodes load it"
-        )
-    return name, path
+EPILOG = "Exit codes: 0 success, 1 a job failed, 2 usage error, 130 interrupted."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,18 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     backend = group.add_mutually_exclusive_group(required=True)
     backend.add_argument("--endpoint", help="RunPod serverless endpoint id (API key from RUNPOD_API_KEY)")
     backend.add_argument("--url", help="the local API, e.g. http://localhost:8000")
-    group.add_argument("--webhook", metavar="URL", help="RunPod posts each job's result to this URL as well")
+    group.add_argument("--webhook", metavar="URL", help="also post each job's result to this URL")
     group.add_argument("--timeout", type=float, help="give up waiting for a job after this many seconds")
     first_pause = "first pause between status polls; it grows to 5 s while nothing changes (default 0.5)"
     group.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS", help=first_pause)
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    common = argparse.ArgumentParser(add_help=False, parents=[where])
-    add_job_options(common)
-    parser = argparse.ArgumentParser(
-        prog="wan-video",
-        description="Turn images into videos with a wan-worker (Wan2.2 through ComfyUI).",
-        epilog="Exit codes: 0 success, 1 a job failed, 2 usage error, 130 interrupted.",
-    )
+    add_job_options(common := argparse.ArgumentParser(add_help=False, parents=[where]))
+    about = "Turn images into videos with a wan-worker (Wan2.2 through ComfyUI)."
+    parser = argparse.ArgumentParser(prog="wan-video", description=about, epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate = commands.add_parser("generate", parents=[common], help="one video from a start image")
     generate.add_argument("--image", required=True, help="start image: a file, an http(s) URL or volume:PATH")
@@ -84,26 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     extend = commands.add_parser("extend", parents=[common], help="a video made longer from its last frames")
     video = extend.add_mutually_exclusive_group(required=True)
     video.add_argument("--video", help="the video to extend: a file, an http(s) URL or volume:PATH")
-    video.add_argument(
-        "--video-url", dest="video", type=url, metavar="URL", help="the video to extend, by URL"
-    )
+    video.add_argument("--video-url", dest=DEST + "extend_video_url", metavar="URL", help="the video by URL")
     for command in (generate, extend):
         command.add_argument("-o", "--output", required=True, type=Path, help="where to save the MP4")
-        more = "jobs chained into one video, each extending the one before (default 1)"
-        command.add_argument("--segments", type=count, default=1, metavar="N", help=more)
+        chain = "jobs chained into one video, each extending the one before (default 1)"
+        command.add_argument("--segments", type=int, default=1, metavar="N", help=chain)
     batch = commands.add_parser("batch", parents=[common], help="one video per image in a folder")
     batch.add_argument("--images", required=True, type=Path, help="folder of images (png, jpg, webp)")
     batch.add_argument("-o", "--output", required=True, type=Path, help="folder for the MP4s")
-    batch.add_argument("--concurrency", type=count, default=1, metavar="N", help="jobs at once (default 1)")
+    batch.add_argument("--concurrency", type=int, default=1, metavar="N", help="jobs at once (default 1)")
     workflow = commands.add_parser("workflow", parents=[where], help="your own ComfyUI graph (API format)")
-    workflow.add_argument(
-        "graph", type=Path, metavar="GRAPH.json", help="the graph, as ComfyUI exports it for the API"
-    )
-    files = (
-        "a file the graph loads by NAME (LoadImage, LoadVideo): a local file or an http(s) URL; repeatable"
-    )
-    workflow.add_argument("--image", type=named_file, action="append", metavar="NAME=PATH", help=files)
-    workflow.add_argument("--output-dir", required=True, type=Path, help="the folder for every file it makes")
+    workflow.add_argument("graph", type=Path, metavar="GRAPH.json", help="the graph, exported for the API")
+    files = "a file that the graph loads by NAME: a local file or an http(s) URL; repeatable"
+    workflow.add_argument("--image", action="append", default=[], metavar="NAME=PATH", help=files)
+    workflow.add_argument("--output-dir", required=True, type=Path, help="the folder for the files it makes")
     add_job_options(workflow, only=WORKFLOW_FIELDS)
     return parser
 
@@ -147,40 +107,34 @@ def cancel(client: Client, job_ids: Sequence[str], why: str = "") -> None:
 
 
 def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
-    """One video (``generate``, ``extend``: ``--segments`` jobs chained into one), or a graph's files (``workflow``)."""
-    if args.command == "workflow":
-        job = workflow_input(args.graph, dict(args.image or ()), **job_fields(args))
+    """One video (``generate``, ``extend``: ``--segments`` jobs chained into one) or a graph's files (``workflow``)."""
+    jobs, n, workflow = list[str](), getattr(args, "segments", 1), args.command == "workflow"
+    if n < 1:
+        raise UsageError("--segments must be at least 1")
+    if workflow:
+        named = [text.partition("=") for text in args.image]
+        if not all(all(parts) for parts in named):
+            raise UsageError("--image takes NAME=PATH or NAME=URL, NAME as the graph's nodes load it")
+        job = workflow_input(args.graph, {name: file for name, _, file in named}, **job_fields(args))
     else:
-        given = vars(args)
-        job = make_input(
-            image=given.get("image"),
-            end_image=given.get("end_image"),
-            video=given.get("video"),
-            **job_fields(args),
-        )
-    jobs: list[str] = []
-    segments = getattr(args, "segments", 1)
+        sources = {k: v for k, v in vars(args).items() if k in ("image", "end_image", "video")}
+        job = make_input(**sources, **job_fields(args))
 
     def submitted(job_id: str) -> None:
         jobs.append(job_id)
-        told = f" (segment {len(jobs)} of {segments})" if segments > 1 else ""
-        bar.note(f"job {job_id} on {client.where}{told}")
+        bar.note(f"job {job_id} on {client.where}" + (f" (segment {len(jobs)} of {n})" if n > 1 else ""))
 
     try:
         result = client.generate(
-            job,
-            segments=segments,
-            webhook=args.webhook,
-            on_submit=submitted,
-            on_progress=bar,
-            timeout=args.timeout,
+            job, segments=n, webhook=args.webhook, on_submit=submitted, on_progress=bar, timeout=args.timeout
         )
         if result.video_url and not result.video_base64:
             bar(Progress("downloading"))
-        if args.command == "workflow":
-            paths = client.save_outputs(result, args.output_dir)
-        else:
-            paths = [client.save_video(result, args.output)]
+        paths = (
+            client.save_outputs(result, args.output_dir)
+            if workflow
+            else [client.save_video(result, args.output)]
+        )
     except KeyboardInterrupt:
         bar.close()
         cancel(client, jobs[-1:], "interrupted")
@@ -188,7 +142,7 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
     except ClientError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
-        cancel(client, jobs[-1:] if isinstance(exc, WaitTimeout) else [])
+        cancel(client, jobs[-1:] if isinstance(exc, TimeoutError) else [])
         return EXIT_FAILED
     bar.close()
     fps, frames = (
@@ -197,18 +151,9 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
     )
     shape = f"{result.width}x{result.height}, {frames} frames at {fps} fps, {result.steps} steps"
     for path in paths:
-        size = path.stat().st_size
-        told = (
-            f"{size} bytes"
-            if size < 1e3
-            else f"{size / 1e3:.0f} kB"
-            if size < 1e6
-            else f"{size / 1e6:.1f} MB"
-        )
-        print(
-            f"saved {path} ({told})"
-            + ("" if args.command == "workflow" else f": {result.mode or 'video'} {shape}")
-        )
+        size, kb = path.stat().st_size, path.stat().st_size / 1e3
+        told = f"{size} bytes" if size < 1e3 else f"{kb:.0f} kB" if size < 1e6 else f"{kb / 1e3:.1f} MB"
+        print(f"saved {path} ({told})" + ("" if workflow else f": {result.mode or 'video'} {shape}"))
     if result.frames:
         print("frames: " + ", ".join(f"{k} {v}" for k, v in result.frames.items()))
     if result.seed is not None:
@@ -254,17 +199,15 @@ def plan_batch(folder: Path, outdir: Path) -> list[BatchItem]:
 def run_batch(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
     """The pending images on ``--concurrency`` daemon threads; this one reports, and takes Ctrl-C."""
     items = plan_batch(args.images, args.output)
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
     pending = [item for item in items if item.state == "pending"]
-    todo, finished, stop = queue.SimpleQueue[BatchItem](), queue.Queue[BatchItem](), threading.Event()
-    for item in pending:
-        todo.put(item)
+    todo, finished, stop = deque(pending), queue.Queue[BatchItem](), threading.Event()
 
     def work() -> None:
-        with contextlib.suppress(queue.Empty):
+        with contextlib.suppress(IndexError):  # a deque's popleft is thread-safe
             while not stop.is_set():
-                item = todo.get_nowait()
-                process(client, item, args, stop)
-                finished.put(item)
+                finished.put(process(client, todo.popleft(), args, stop))
 
     threads = [threading.Thread(target=work, daemon=True) for _ in pending[: args.concurrency]]
     for thread in threads:
@@ -296,7 +239,7 @@ def run_batch(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int
     return EXIT_FAILED if any(item.state == "failed" for item in items) else EXIT_OK
 
 
-def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: threading.Event) -> None:
+def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: threading.Event) -> BatchItem:
     """One image of a batch, from its job to its video; what became of it goes into ``item``."""
     started = time.monotonic()
     try:
@@ -312,5 +255,6 @@ def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: thr
         item.state, item.message = "failed", f"{exc.code}: {exc.message}" if exc.code else exc.message
     except ClientError as exc:
         item.state, item.message = "failed", str(exc)
-        cancel(client, [item.job_id] if isinstance(exc, WaitTimeout) else [])
+        cancel(client, [item.job_id] if isinstance(exc, TimeoutError) else [])
     item.time = format_elapsed(time.monotonic() - started)
+    return item

@@ -20,10 +20,8 @@ OPTION_NAMES = {
 }
 """Options not named ``--field-name`` (``--no-field-name`` for a field true by default). ``--output`` is the file."""
 IMAGE_FIELD = re.compile(r"((end_)?image|extend_video)_(url|base64|path)|workflow|images")
-"""Set by ``--image`` / ``--end-image`` / ``--video`` (a file, an http(s) URL or ``volume:PATH`` picks which), or
-by the ``workflow`` command's graph and ``--image NAME=PATH``."""
-WORKFLOW_FIELDS = {"output", "return_last_frame", "models"}
-"""The fields a ``workflow`` job takes beside its graph and files."""
+"""Set by ``--image`` / ``--end-image`` / ``--video`` (a file, a URL or ``volume:PATH``), or by ``workflow``."""
+WORKFLOW_FIELDS = {"output", "return_last_frame", "models"}  # what a workflow job takes beside its graph
 DEST, TYPES = "job:", {"integer": (int, "N"), "number": (float, "X"), "string": (str, "TEXT")}
 
 
@@ -55,8 +53,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def add_job_options(
     parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None, only: set[str] | None = None
 ) -> None:
-    """One option per field of the job contract (``schema``: :func:`worker.schema.input_json_schema`), or of the
-    fields in ``only``."""
+    """One option per field of the job contract (``schema``: :func:`worker.schema.input_json_schema`) or ``only``."""
     schema = schema if schema is not None else input_json_schema()
     group = parser.add_argument_group("job (see the README's API reference)")
     for name, spec in sorted(schema["properties"].items(), key=lambda kv: "anyOf" in kv[1]):  # models last

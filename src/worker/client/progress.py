@@ -42,12 +42,8 @@ class ProgressBar:
     """Shows a job's :class:`Progress` when called; ``note()`` prints a line above it; ``close()`` removes it."""
 
     def __init__(self, stream: TextIO, *, enabled: bool = True, tty: bool | None = None) -> None:
-        self.console, self.enabled, self.started, self.last = (
-            make_console(stream, tty),
-            enabled,
-            time.monotonic(),
-            "",
-        )
+        self.console, self.enabled = make_console(stream, tty), enabled
+        self.started, self.last = time.monotonic(), ""
         columns = (TextColumn("{task.description:<19}"), BarColumn(), TextColumn("{task.fields[count]:>5}"))
         self.bar = LiveBar(*columns, TimeElapsedColumn(), console=self.console, transient=True)
         self.task = self.bar.add_task("", total=None, count="")
