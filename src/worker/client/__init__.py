@@ -187,10 +187,10 @@ def is_url(text: str) -> bool:
 
 def file_base64(path: str | os.PathLike[str], what: str = "image") -> str:
     """A local file as base64: the worker recognises the format by its content."""
-    if not (file := Path(path).expanduser()).is_file():
-        raise UsageError(f"{os.fspath(path)}: no such {what} file")
     try:
-        return base64.b64encode(file.read_bytes()).decode("ascii")
+        return base64.b64encode(Path(path).expanduser().read_bytes()).decode("ascii")
+    except (FileNotFoundError, IsADirectoryError):
+        raise UsageError(f"{os.fspath(path)}: no such {what} file") from None
     except OSError as exc:
         raise UsageError(f"{os.fspath(path)}: cannot read the {what} ({exc.strerror or exc})") from exc
 
@@ -200,15 +200,11 @@ def make_input(
 ) -> Any:
     """A job ``input``: the prompt, the start image or ``video`` to extend, the end image, other fields (None: left
     out). Files go by form: ``http(s)://`` in ``*_url``, ``volume:PATH`` in ``*_path``, a local file in ``*_base64``."""
-    job = {"prompt": prompt}
-    for prefix, source in (("image", image), ("end_image", end_image), ("extend_video", video)):
-        text = "" if source is None else os.fspath(source)
-        if is_url(text):
-            job[f"{prefix}_url"] = text
-        elif text.startswith("volume:"):
-            job[f"{prefix}_path"] = text.removeprefix("volume:")
-        elif source is not None:
-            job[f"{prefix}_base64"] = file_base64(text, prefix.rpartition("_")[2])
+    job, sources = {"prompt": prompt}, {"image": image, "end_image": end_image, "extend_video": video}
+    for prefix, text in ((k, os.fspath(v)) for k, v in sources.items() if v is not None):
+        kind = "url" if is_url(text) else "path" if text.startswith("volume:") else "base64"
+        value = file_base64(text, prefix[-5:]) if kind == "base64" else text.removeprefix("volume:")
+        job[f"{prefix}_{kind}"] = value
     return job | {k: v for k, v in fields.items() if v is not None}
 
 
@@ -301,8 +297,10 @@ class Client:
         """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every ``poll_interval[0]``
         s while the progress changes, up to ``poll_interval[1]`` s while not, telling ``on_progress``. ``timeout`` (s):
         :class:`WaitTimeout`; ``stop``, once set: :class:`Interrupted` (the job runs on)."""
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
-        stop = stop or threading.Event()
+        deadline, stop = (
+            math.inf if timeout is None else time.monotonic() + timeout,
+            stop or threading.Event(),
+        )
         fetch = (
             self._in_background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
         )
@@ -356,15 +354,13 @@ class Client:
     def save_outputs(self, result: VideoResult, folder: str | os.PathLike[str]) -> list[Path]:
         """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a second one of a name)."""
         paths: list[Path] = []
-        video = {"filename": "video.mp4", "data": result.video_base64, "url": result.video_url}
-        for entry in result.outputs or [video]:
+        for entry in result.outputs:
             name = Path(str(entry.get("filename"))).name.lstrip(".") or "output"
             path = Path(folder, f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name)
             paths.append(self._write(path, self._content(entry.get("data"), entry.get("url"), name)))
         return paths
 
     def _content(self, data: str | None, url: str | None, what: str) -> bytes:
-        """A file of the result: decoded from its base64, or downloaded from its URL."""
         if data:
             try:
                 return base64.b64decode(data, validate=True)

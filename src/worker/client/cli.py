@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     workflow.add_argument("graph", type=Path, metavar="GRAPH.json", help="the graph, exported for the API")
     files = "a file that the graph loads by NAME: a local file or an http(s) URL; repeatable"
     workflow.add_argument("--image", action="append", default=[], metavar="NAME=PATH", help=files)
-    workflow.add_argument("--output-dir", required=True, type=Path, help="the folder for the files it makes")
+    workflow.add_argument(
+        "--output-dir", dest="output", required=True, type=Path, help="the folder for the files it makes"
+    )
     add_job_options(workflow, only=WORKFLOW_FIELDS)
     return parser
 
@@ -109,12 +111,10 @@ def cancel(client: Client, job_ids: Sequence[str], why: str = "") -> None:
 def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
     """One video (``generate``, ``extend``: ``--segments`` jobs chained into one) or a graph's files (``workflow``)."""
     jobs, n, workflow = list[str](), getattr(args, "segments", 1), args.command == "workflow"
-    if n < 1:
-        raise UsageError("--segments must be at least 1")
+    named = [text.partition("=") for text in args.image] if workflow else []
+    if n < 1 or not all(all(parts) for parts in named):
+        raise UsageError("--segments must be at least 1" if n < 1 else "--image takes NAME=PATH or NAME=URL")
     if workflow:
-        named = [text.partition("=") for text in args.image]
-        if not all(all(parts) for parts in named):
-            raise UsageError("--image takes NAME=PATH or NAME=URL, NAME as the graph's nodes load it")
         job = workflow_input(args.graph, {name: file for name, _, file in named}, **job_fields(args))
     else:
         sources = {k: v for k, v in vars(args).items() if k in ("image", "end_image", "video")}
@@ -131,9 +131,7 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
         if result.video_url and not result.video_base64:
             bar(Progress("downloading"))
         paths = (
-            client.save_outputs(result, args.output_dir)
-            if workflow
-            else [client.save_video(result, args.output)]
+            client.save_outputs(result, args.output) if workflow else [client.save_video(result, args.output)]
         )
     except KeyboardInterrupt:
         bar.close()
@@ -145,17 +143,13 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
         cancel(client, jobs[-1:] if isinstance(exc, TimeoutError) else [])
         return EXIT_FAILED
     bar.close()
-    fps, frames = (
-        "?" if result.fps is None else f"{result.fps:g}",
-        result.frames.get("delivered", result.length),
-    )
+    fps = "?" if result.fps is None else f"{result.fps:g}"
+    frames = result.frames.get("delivered", result.length)
     shape = f"{result.width}x{result.height}, {frames} frames at {fps} fps, {result.steps} steps"
     for path in paths:
         size, kb = path.stat().st_size, path.stat().st_size / 1e3
         told = f"{size} bytes" if size < 1e3 else f"{kb:.0f} kB" if size < 1e6 else f"{kb / 1e3:.1f} MB"
         print(f"saved {path} ({told})" + ("" if workflow else f": {result.mode or 'video'} {shape}"))
-    if result.frames:
-        print("frames: " + ", ".join(f"{k} {v}" for k, v in result.frames.items()))
     if result.seed is not None:
         print(f"seed: {result.seed}")
     for adj in result.adjustments:
@@ -168,8 +162,7 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
 
 @dataclass
 class BatchItem:
-    """An image of a batch and what became of it: pending, running, done, skipped, failed, interrupted or
-    not started."""
+    """An image of a batch and its state: pending, running, done, skipped, failed, interrupted, not started."""
 
     image: Path
     output: Path
@@ -241,13 +234,11 @@ def run_batch(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int
 
 def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: threading.Event) -> BatchItem:
     """One image of a batch, from its job to its video; what became of it goes into ``item``."""
-    started = time.monotonic()
+    started, item.state = time.monotonic(), "running"
     try:
         job = make_input(image=item.image, **job_fields(args))
-        item.state = "running"
         item.job_id = client.submit(job, webhook=args.webhook)
-        result = client.wait(item.job_id, timeout=args.timeout, stop=stop)
-        client.save_video(result, item.output)
+        client.save_video(result := client.wait(item.job_id, timeout=args.timeout, stop=stop), item.output)
         item.state, item.seed, item.message = "done", str(result.seed), str(item.output)
     except Interrupted:
         item.state = item.message = "interrupted"

@@ -75,10 +75,8 @@ def add_job_options(
             extra["type"], extra["metavar"] = TYPES.get(kind or "", (json.loads, "JSON"))
         text = f"{extra['help']} ({'; '.join(notes)})" if notes else extra["help"]
         extra["help"] = text.replace("%", "%%")
-        required = name in schema.get("required", ())
-        group.add_argument(
-            OPTION_NAMES.get(name, f"--{flag}"), dest=DEST + name, required=required, default=None, **extra
-        )
+        option, required = OPTION_NAMES.get(name, f"--{flag}"), name in schema.get("required", ())
+        group.add_argument(option, dest=DEST + name, required=required, default=None, **extra)
     any_field = "any job field, e.g. high_model=my.safetensors (VALUE is JSON or text); repeatable"
     group.add_argument("--set", action="append", type=parse_assignment, metavar="FIELD=VALUE", help=any_field)
 

@@ -25,8 +25,7 @@ def format_elapsed(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
-def make_console(stream: TextIO, tty: bool | None = None) -> Console:
-    """A console on ``stream``; off a terminal it has no colours and wraps no line."""
+def make_console(stream: TextIO, tty: bool | None = None) -> Console:  # off a terminal: no colours, no wraps
     tty = stream.isatty() if tty is None else tty
     return Console(file=stream, force_terminal=tty, width=None if tty else 100_000, highlight=False)
 
@@ -60,7 +59,6 @@ class ProgressBar:
             self.note(f"{line} ({format_elapsed(time.monotonic() - self.started)})")
 
     def note(self, text: str) -> None:
-        """A line of its own, above the bar."""
         if self.enabled:
             self.console.print(text, markup=False, soft_wrap=True)
 
