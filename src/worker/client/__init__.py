@@ -345,39 +345,24 @@ class Client:
 
     def video_bytes(self, result: VideoResult) -> bytes:
         """The MP4: decoded from the result, or downloaded from ``video_url``."""
-        return self._content(result.video_base64, result.video_url, "video")
+        if result.video_base64:
+            try:
+                return base64.b64decode(result.video_base64, validate=True)
+            except ValueError as exc:
+                raise ApiError("the result's video is not valid base64") from exc
+        if not result.video_url:
+            raise ApiError("the result has neither a video nor a video_url")
+        try:
+            response = self._downloads.get(result.video_url, timeout=(CONNECT_TIMEOUT_S, DOWNLOAD_TIMEOUT_S))
+        except requests.RequestException as exc:
+            raise ApiError(f"cannot download the video ({type(exc).__name__})") from exc
+        if (code := response.status_code) >= 400:
+            raise ApiError(f"cannot download the video: HTTP {code}", status_code=code)
+        return response.content
 
     def save_video(self, result: VideoResult, path: str | os.PathLike[str]) -> Path:
         """Write the MP4 to ``path`` (atomically: a partial file never takes the final name)."""
-        return self._write(Path(path), self.video_bytes(result))
-
-    def save_outputs(self, result: VideoResult, folder: str | os.PathLike[str]) -> list[Path]:
-        """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a second one of a name)."""
-        paths: list[Path] = []
-        for entry in result.outputs:
-            name = Path(str(entry.get("filename"))).name.lstrip(".") or "output"
-            path = Path(folder, f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name)
-            paths.append(self._write(path, self._content(entry.get("data"), entry.get("url"), name)))
-        return paths
-
-    def _content(self, data: str | None, url: str | None, what: str) -> bytes:
-        if data:
-            try:
-                return base64.b64decode(data, validate=True)
-            except ValueError as exc:
-                raise ApiError(f"the result's {what} is not valid base64") from exc
-        if not url:
-            raise ApiError(f"the result has neither its {what} nor a URL for it")
-        try:
-            response = self._downloads.get(url, timeout=(CONNECT_TIMEOUT_S, DOWNLOAD_TIMEOUT_S))
-        except requests.RequestException as exc:
-            raise ApiError(f"cannot download the {what} ({type(exc).__name__})") from exc
-        if (code := response.status_code) >= 400:
-            raise ApiError(f"cannot download the {what}: HTTP {code}", status_code=code)
-        return response.content
-
-    @staticmethod
-    def _write(target: Path, data: bytes) -> Path:
+        target, data = Path(path), self.video_bytes(result)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
@@ -386,6 +371,16 @@ class Client:
         finally:
             partial.unlink(missing_ok=True)
         return target
+
+    def save_outputs(self, result: VideoResult, folder: str | os.PathLike[str]) -> list[Path]:
+        """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a second one of a name)."""
+        paths: list[Path] = []
+        for entry in result.outputs:
+            name = Path(str(entry.get("filename"))).name.lstrip(".") or "output"
+            path = Path(folder, f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name)
+            file = VideoResult(result.job_id, video_base64=entry.get("data"), video_url=entry.get("url"))
+            paths.append(self.save_video(file, path))
+        return paths
 
     def _in_background(self, job_id: str) -> Callable[[], JobStatus | None]:
         """``status`` on a daemon thread: the answer once there is one (None before), or what it raised."""

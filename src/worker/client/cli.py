@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     files = "a file that the graph loads by NAME: a local file or an http(s) URL; repeatable"
     workflow.add_argument("--image", action="append", default=[], metavar="NAME=PATH", help=files)
     workflow.add_argument(
-        "--output-dir", dest="output", required=True, type=Path, help="the folder for the files it makes"
+        "--output-dir", dest="output", required=True, type=Path, help="folder for its files"
     )
     add_job_options(workflow, only=WORKFLOW_FIELDS)
     return parser
@@ -130,9 +130,8 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
         )
         if result.video_url and not result.video_base64:
             bar(Progress("downloading"))
-        paths = (
-            client.save_outputs(result, args.output) if workflow else [client.save_video(result, args.output)]
-        )
+        out = args.output
+        paths = client.save_outputs(result, out) if workflow else [client.save_video(result, out)]
     except KeyboardInterrupt:
         bar.close()
         cancel(client, jobs[-1:], "interrupted")
