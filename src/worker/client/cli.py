@@ -59,14 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--images", required=True, type=Path, help="folder of images (png, jpg, webp)")
     batch.add_argument("-o", "--output", required=True, type=Path, help="folder for the MP4s")
     batch.add_argument("--concurrency", type=int, default=1, metavar="N", help="jobs at once (default 1)")
-    workflow = commands.add_parser("workflow", parents=[where], help="your own ComfyUI graph (API format)")
-    workflow.add_argument("graph", type=Path, metavar="GRAPH.json", help="the graph, exported for the API")
+    flow = commands.add_parser("workflow", parents=[where], help="your own ComfyUI graph (API format)")
+    flow.add_argument("graph", type=Path, metavar="GRAPH.json", help="the graph, exported for the API")
     files = "a file that the graph loads by NAME: a local file or an http(s) URL; repeatable"
-    workflow.add_argument("--image", action="append", default=[], metavar="NAME=PATH", help=files)
-    workflow.add_argument(
-        "--output-dir", dest="output", required=True, type=Path, help="folder for its files"
-    )
-    add_job_options(workflow, only=WORKFLOW_FIELDS)
+    flow.add_argument("--image", action="append", default=[], metavar="NAME=PATH", help=files)
+    flow.add_argument("--output-dir", dest="output", required=True, type=Path, help="folder for its files")
+    add_job_options(flow, only=WORKFLOW_FIELDS)
     return parser
 
 
