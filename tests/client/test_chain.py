@@ -226,7 +226,7 @@ def test_a_segment_over_runpods_limit_is_refused_before_it_is_sent(
     err = capsys.readouterr().err
     assert code == 1 and not out.exists()
     assert len(runpod.jobs) == 1 and runpod.calls("run") == 1
-    assert "error: segment 2 of 3: the request is 10.1 MB, over the 10 MB that RunPod takes at /run" in err
+    assert "error: segment 2 of 3: the request is 10.1 MB, over the 10 MB RunPod takes at /run" in err
     assert "use a bucket (output=url)" in err
 
 
@@ -248,6 +248,6 @@ def test_the_python_api(runpod: FakeRunPod, png: Path, tmp_path: Path) -> None:
         "images": [{"name": "start.png", "image": b64(png.read_bytes())}],
         "output": "url",
     }
-    with pytest.raises(UsageError, match="over the 10 MB that RunPod takes at /run"):
+    with pytest.raises(UsageError, match="over the 10 MB RunPod takes at /run"):
         client.submit({"prompt": "p", "image_base64": "A" * PAYLOAD_LIMITS["/run"]})
     assert runpod.calls("run") == 2

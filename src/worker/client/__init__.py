@@ -1,7 +1,6 @@
 """The Python API of the wan-worker client: :func:`make_input` or :func:`workflow_input` builds a job, a
-:class:`Client` runs it on a RunPod endpoint (``POST /run``, ``GET /status`` polled with backoff, the worker's
-progress in its ``output``, ``POST /cancel``) or on the runpod SDK's local API (``POST /run`` stashes the job,
-``POST /status`` runs it and answers at its end: no progress, no cancel). ``wan-video`` is built on it."""
+:class:`Client` runs it on a RunPod endpoint (``/run``, ``/status`` polled with backoff, ``/cancel``) or the
+runpod SDK's local API (``/run`` stashes the job, ``/status`` runs it: no progress, no cancel)."""
 
 from __future__ import annotations
 
@@ -246,8 +245,7 @@ class Client:
         if url:
             self.base = url.rstrip("/")
         else:
-            key = api_key or os.environ.get("RUNPOD_API_KEY", "")
-            if not key:
+            if not (key := api_key or os.environ.get("RUNPOD_API_KEY", "")):
                 raise UsageError("a RunPod endpoint needs an API key: set RUNPOD_API_KEY")
             root = base_url or os.environ.get("RUNPOD_API_BASE") or DEFAULT_RUNPOD_BASE
             self.base, headers = f"{root.rstrip('/')}/{endpoint}", {"Authorization": f"Bearer {key}"}
@@ -264,9 +262,7 @@ class Client:
         """``POST /run`` (``webhook``: RunPod posts the result there too): the job's id. Refused if over RunPod's limit."""
         body = {"input": dict(job_input)} | ({"webhook": webhook} if webhook else {})
         if not self.local and (size := len(json.dumps(body))) > (limit := PAYLOAD_LIMITS["/run"]):
-            over = (
-                f"the request is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB that RunPod takes at /run"
-            )
+            over = f"the request is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB RunPod takes at /run"
             raise UsageError(f"{over}: send files by URL; use a bucket (output=url) so that videos go by URL")
         job_id = self._call("POST", "/run", body).get("id")
         if not isinstance(job_id, str) or not job_id:
@@ -297,13 +293,9 @@ class Client:
         """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every ``poll_interval[0]``
         s while the progress changes, up to ``poll_interval[1]`` s while not, telling ``on_progress``. ``timeout`` (s):
         :class:`WaitTimeout`; ``stop``, once set: :class:`Interrupted` (the job runs on)."""
-        deadline, stop = (
-            math.inf if timeout is None else time.monotonic() + timeout,
-            stop or threading.Event(),
-        )
-        fetch = (
-            self._in_background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
-        )
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        stop = stop or threading.Event()
+        fetch = self._background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
         (first, longest), interval, last = self.poll_interval, 0.0, None
         while not stop.is_set():
             current = fetch()
@@ -336,9 +328,8 @@ class Client:
                 on_submit(job_id)
             result = self.wait(job_id, **wait)
             job = {k: v for k, v in job.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
-            job[f"extend_video_{'url' if result.video_url else 'base64'}"] = (
-                result.video_url or result.video_base64
-            )
+            kind = "url" if result.video_url else "base64"
+            job[f"extend_video_{kind}"] = result.video_url or result.video_base64
         if result is None:
             raise UsageError("segments must be at least 1")
         return result
@@ -382,7 +373,7 @@ class Client:
             paths.append(self.save_video(file, path))
         return paths
 
-    def _in_background(self, job_id: str) -> Callable[[], JobStatus | None]:
+    def _background(self, job_id: str) -> Callable[[], JobStatus | None]:
         """``status`` on a daemon thread: the answer once there is one (None before), or what it raised."""
         future: Future[JobStatus] = Future()
 

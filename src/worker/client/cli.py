@@ -1,6 +1,5 @@
-"""``wan-video generate`` (one video from an image), ``extend`` (a video made longer), ``workflow`` (your own
-graph) and ``batch`` (one video per image in a folder, resumable): on a RunPod endpoint or the local API. Exits 0
-on success, 1 when a job failed or the API could not be used, 2 on a usage error, 130 on Ctrl-C."""
+"""``wan-video generate``, ``extend``, ``workflow`` and ``batch`` (resumable), on a RunPod endpoint or the local
+API. Exits 0 on success, 1 when a job failed or the API could not be used, 2 on a usage error, 130 on Ctrl-C."""
 
 from __future__ import annotations
 
