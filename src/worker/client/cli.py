@@ -1,8 +1,6 @@
 """``wan-video generate``, ``extend``, ``workflow`` and ``batch`` (resumable), on a RunPod endpoint or the local
 API. Exits 0 on success, 1 when a job failed or the API could not be used, 2 on a usage error, 130 on Ctrl-C."""
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import queue
@@ -213,9 +211,8 @@ def run_batch(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int
         deadline = time.monotonic() + 5.0
         for thread in threads if client.can_cancel else ():  # each stops waiting at its next poll
             thread.join(max(0.0, deadline - time.monotonic()))
-        for item in pending:
-            if item.state in ("pending", "running"):
-                item.state = item.message = "not started" if item.state == "pending" else "interrupted"
+        for item in (item for item in pending if item.state in ("pending", "running")):
+            item.state = item.message = "not started" if item.state == "pending" else "interrupted"
         cancel(client, [i.job_id for i in pending if i.state == "interrupted" and i.job_id], "interrupted")
     bar.close()
     rows = [(i.image.name, i.state, i.seed, i.time, i.message) for i in items]
@@ -223,9 +220,8 @@ def run_batch(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int
     states = ("done", "skipped", "failed", "interrupted", "not started")
     tally = [f"{n} {state}" for state in states if (n := sum(item.state == state for item in items))]
     print(f"{len(items)} image(s): {', '.join(tally)}")
-    if stop.is_set():
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if any(item.state == "failed" for item in items) else EXIT_OK
+    failed = any(item.state == "failed" for item in items)
+    return EXIT_INTERRUPTED if stop.is_set() else EXIT_FAILED if failed else EXIT_OK
 
 
 def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: threading.Event) -> BatchItem:

@@ -1,8 +1,6 @@
 """The job options of ``wan-video``, generated from the job contract: one per field of
 :class:`worker.schema.JobInput`, with the type, help, default, choices and bounds of its JSON schema."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import re

@@ -1,8 +1,6 @@
 """What ``wan-video`` shows, drawn by rich: a live progress bar on a terminal, else (a log, CI) a plain line
 whenever the stage or the step changes; and tables."""
 
-from __future__ import annotations
-
 import time
 from collections.abc import Sequence
 from typing import TextIO
