@@ -249,9 +249,8 @@ class Client:
                 raise UsageError("a RunPod endpoint needs an API key: set RUNPOD_API_KEY")
             root = base_url or os.environ.get("RUNPOD_API_BASE") or DEFAULT_RUNPOD_BASE
             self.base, headers = f"{root.rstrip('/')}/{endpoint}", {"Authorization": f"Bearer {key}"}
-        self.poll_interval, self.request_timeout = poll_interval, request_timeout
+        self.poll_interval, self.request_timeout, self.can_cancel = poll_interval, request_timeout, not url
         self.where = f"local API {self.base}" if url else f"endpoint {self.base}"  # for messages: no API key
-        self.can_cancel = not url  # the local API has no /cancel
         self._gets, self._posts = _session(RETRY, headers), _session(RETRY_UNSENT, headers)
         self._downloads = _session(RETRY, {})  # a presigned URL carries its own credentials: no API key there
 
@@ -318,7 +317,7 @@ class Client:
     ) -> VideoResult:
         """Submit and wait (as :meth:`wait`; ``on_submit`` is told each job id). ``segments``: that many jobs, each
         extending the last one's video by its URL, else by its base64 (the images go to the first)."""
-        on_submit, result, job = wait.pop("on_submit", None), None, dict(job_input)
+        on_submit, last, job = wait.pop("on_submit", None), None, dict(job_input)
         for n in range(1, segments + 1):
             try:
                 job_id = self.submit(job, webhook=webhook)
@@ -326,13 +325,14 @@ class Client:
                 raise UsageError(f"segment {n} of {segments}: {exc}" if segments > 1 else str(exc)) from None
             if on_submit:
                 on_submit(job_id)
-            result = self.wait(job_id, **wait)
+            last = self.wait(job_id, **wait)
             job = {k: v for k, v in job.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
-            kind = "url" if result.video_url else "base64"
-            job[f"extend_video_{kind}"] = result.video_url or result.video_base64
-        if result is None:
+            job["extend_video_url" if last.video_url else "extend_video_base64"] = (
+                last.video_url or last.video_base64
+            )
+        if last is None:
             raise UsageError("segments must be at least 1")
-        return result
+        return last
 
     def video_bytes(self, result: VideoResult) -> bytes:
         """The MP4: decoded from the result, or downloaded from ``video_url``."""

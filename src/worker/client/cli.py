@@ -65,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``wan-video`` console script."""
+def main(argv: Sequence[str] | None = None) -> int:  # the wan-video console script
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -155,9 +154,7 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
 
 
 @dataclass
-class BatchItem:
-    """An image of a batch and its state: pending, running, done, skipped, failed, interrupted, not started."""
-
+class BatchItem:  # an image of a batch: pending, running, done, skipped, failed, interrupted or not started
     image: Path
     output: Path
     state: str = "pending"

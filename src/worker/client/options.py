@@ -79,8 +79,7 @@ def add_job_options(
     group.add_argument("--set", action="append", type=parse_assignment, metavar="FIELD=VALUE", help=any_field)
 
 
-def _notes(spec: Mapping[str, Any]) -> list[str]:
-    """``default: X`` and the bounds, as the help shows them."""
+def _notes(spec: Mapping[str, Any]) -> list[str]:  # "default: X" and the bounds, as the help shows them
     shown = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in spec.items() if v not in (None, [])}
     default = shown.get("x-default", shown.get("default"))
     low, high = shown.get("minimum"), shown.get("maximum", shown.get("maxItems"))
