@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import json
-import math
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +142,10 @@ class VideoResult:
     @classmethod
     def from_output(cls, job_id: str, output: Mapping[str, Any]) -> VideoResult:
         """From the worker's result: the fields it has, the video under ``video``."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"job_id", "adjustments", "video_base64"}
+        known = {f.name for f in fields(cls)} - {"job_id", "adjustments", "video_base64"}
         values = {k: v for k, v in output.items() if k in known and v is not None}
         said = [{"field": "", "reason": ""} | a for a in output.get("adjustments") or ()]
-        adjustments = tuple(
-            Adjustment(a["field"], a.get("requested"), a.get("used"), a["reason"]) for a in said
-        )
+        adjustments = tuple(Adjustment(*map(a.get, ("field", "requested", "used", "reason"))) for a in said)
         return cls(job_id, **values, adjustments=adjustments, video_base64=output.get("video"))
 
 
@@ -292,7 +288,7 @@ class Client:
         """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every ``poll_interval[0]``
         s while the progress changes, up to ``poll_interval[1]`` s while not, telling ``on_progress``. ``timeout`` (s):
         :class:`WaitTimeout`; ``stop``, once set: :class:`Interrupted` (the job runs on)."""
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
         stop = stop or threading.Event()
         fetch = self._background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
         (first, longest), interval, last = self.poll_interval, 0.0, None

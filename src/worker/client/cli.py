@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # the wan-video console script
+def main(argv: list[str] | None = None) -> int:  # the wan-video console script
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -88,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # the wan-video console scr
         return EXIT_INTERRUPTED
 
 
-def cancel(client: Client, job_ids: Sequence[str], why: str = "") -> None:
+def cancel(client: Client, job_ids: list[str], why: str = "") -> None:
     """Cancel jobs left behind (``why``: "interrupted" after Ctrl-C), where the backend can."""
     what = f"job {job_ids[0]}" if len(job_ids) == 1 else f"{len(job_ids)} job(s)"
     told = f"cancelling {what}" if client.can_cancel else f"the local API cannot cancel jobs; {what} runs on"
