@@ -164,8 +164,7 @@ def job_failure(status: JobStatus) -> JobFailed:
     return JobFailed(message, job_id=status.id, status=status.status, code=code, details=details)
 
 
-def _plain_error(error: str | None) -> str | None:
-    """An error text fit to show: the runpod SDK reports an escaped exception as a JSON string."""
+def _plain_error(error: str | None) -> str | None:  # the runpod SDK reports an exception as JSON text
     text, parsed = (error or "").strip(), None
     with contextlib.suppress(ValueError):
         parsed = json.loads(text) if text.startswith("{") else None
@@ -313,14 +312,13 @@ class Client:
     ) -> VideoResult:
         """Submit and wait (as :meth:`wait`; ``on_submit`` is told each job id). ``segments``: that many jobs, each
         extending the last one's video by its URL, else by its base64 (the images go to the first)."""
-        on_submit, last, job = wait.pop("on_submit", None), None, dict(job_input)
+        on_submit, last, job = wait.pop("on_submit", None) or (lambda job_id: None), None, dict(job_input)
         for n in range(1, segments + 1):
             try:
                 job_id = self.submit(job, webhook=webhook)
             except UsageError as exc:
                 raise UsageError(f"segment {n} of {segments}: {exc}" if segments > 1 else str(exc)) from None
-            if on_submit:
-                on_submit(job_id)
+            on_submit(job_id)
             last = self.wait(job_id, **wait)
             job = {k: v for k, v in job.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
             job["extend_video_url" if last.video_url else "extend_video_base64"] = (

@@ -224,8 +224,7 @@ def process(client: Client, item: BatchItem, args: argparse.Namespace, stop: thr
     """One image of a batch, from its job to its video; what became of it goes into ``item``."""
     started, item.state = time.monotonic(), "running"
     try:
-        job = make_input(image=item.image, **job_fields(args))
-        item.job_id = client.submit(job, webhook=args.webhook)
+        item.job_id = client.submit(make_input(image=item.image, **job_fields(args)), webhook=args.webhook)
         client.save_video(result := client.wait(item.job_id, timeout=args.timeout, stop=stop), item.output)
         item.state, item.seed, item.message = "done", str(result.seed), str(item.output)
     except Interrupted:

@@ -10,12 +10,8 @@ from typing import Any
 from ..schema import input_json_schema
 from . import is_url
 
-OPTION_NAMES = {
-    "context_freenoise": "--no-freenoise",
-    "context_retain_first_frame": "--retain-first-frame",
-    "output": "--output-mode",
-    "lora_pairs": "--lora",
-}
+OPTION_NAMES = {"context_freenoise": "--no-freenoise", "context_retain_first_frame": "--retain-first-frame"}
+OPTION_NAMES |= {"output": "--output-mode", "lora_pairs": "--lora"}
 """Options not named ``--field-name`` (``--no-field-name`` for a field true by default). ``--output`` is the file."""
 IMAGE_FIELD = re.compile(r"((end_)?image|extend_video)_(url|base64|path)|workflow|images")
 """Set by ``--image`` / ``--end-image`` / ``--video`` (a file, a URL or ``volume:PATH``), or by ``workflow``."""
@@ -37,8 +33,7 @@ def parse_lora(text: str) -> dict[str, Any]:
     return pair | dict(zip(("high_weight", "low_weight"), weights, strict=False))
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``FIELD=VALUE``; VALUE is read as JSON when it parses, else kept as text."""
+def parse_assignment(text: str) -> tuple[str, Any]:  # FIELD=VALUE, VALUE as JSON when it parses, else as text
     name, sep, raw = text.partition("=")
     if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name := name.strip()):
         raise argparse.ArgumentTypeError("expected FIELD=VALUE with a field name such as high_model")
@@ -88,7 +83,6 @@ def _notes(spec: Mapping[str, Any]) -> list[str]:  # "default: X" and the bounds
     return [text for text in (default and f"default: {default}", bounds) if text]
 
 
-def job_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The job fields the options ask for (None = the worker's default), ``--set`` ones last."""
+def job_fields(args: argparse.Namespace) -> dict[str, Any]:  # None: the worker's default; --set ones last
     fields = {key[len(DEST) :]: value for key, value in vars(args).items() if key.startswith(DEST)}
     return fields | dict(getattr(args, "set", None) or ())
