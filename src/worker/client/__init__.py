@@ -27,7 +27,7 @@ CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S, DOWNLOAD_TIMEOUT_S = 10.0, 30.0, 120.0
 RETRY = Retry(5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False)
 """Polls and downloads (GET): up to 5 more tries, 0, 1, 2, 4, 8 s apart (or as ``Retry-After`` says)."""
 RETRY_UNSENT = RETRY.new(status_forcelist=(429, 503), allowed_methods=None, read=False)
-"""A POST (submit, cancel, the local ``/status``) is sent again only when surely not taken (no connection, 429, 503)."""
+"""POSTs (submit, cancel, the local ``/status``) go again only if surely not taken: no connection, 429, 503."""
 PAYLOAD_LIMITS = {"/run": 10_000_000, "/runsync": 20_000_000}
 """The most bytes of JSON that RunPod takes in a request, per route; the client refuses bigger ones first."""
 
@@ -76,7 +76,7 @@ class JobFailed(ClientError):
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job is: ``queued``, ``running``, or the worker's stage (``sampling`` with ``step``/``steps`` ...)."""
+    """Where a job is: ``queued``, ``running``, or the worker's stage (``sampling``: ``step``/``steps`` ...)."""
 
     stage: str
     step: int | None = None
@@ -150,7 +150,7 @@ class VideoResult:
 
 
 def job_failure(status: JobStatus) -> JobFailed:
-    """Why a job ended without a video: from RunPod's ``error`` and ``output``, or the local API's ``error`` alone."""
+    """Why a job ended without a video: from RunPod's ``error`` and ``output``, or the local API's ``error``."""
     output = status.output if isinstance(status.output, Mapping) else {}
     code, details = output.get("error_code") or None, output.get("details") or []
     endings = {"FAILED": "failed", "CANCELLED": "was cancelled", "TIMED_OUT": "timed out on the endpoint"}
@@ -179,8 +179,7 @@ def is_url(text: str) -> bool:
     return re.match(r"https?://", text, flags=re.IGNORECASE) is not None
 
 
-def file_base64(path: str | os.PathLike[str], what: str = "image") -> str:
-    """A local file as base64: the worker recognises the format by its content."""
+def file_base64(path: str | os.PathLike[str], what: str = "image") -> str:  # the worker sniffs the format
     try:
         return base64.b64encode(Path(path).expanduser().read_bytes()).decode("ascii")
     except (FileNotFoundError, IsADirectoryError):
@@ -192,8 +191,8 @@ def file_base64(path: str | os.PathLike[str], what: str = "image") -> str:
 def make_input(
     prompt: str, image: Any = None, *, end_image: Any = None, video: Any = None, **fields: Any
 ) -> Any:
-    """A job ``input``: the prompt, the start image or ``video`` to extend, the end image, other fields (None: left
-    out). Files go by form: ``http(s)://`` in ``*_url``, ``volume:PATH`` in ``*_path``, a local file in ``*_base64``."""
+    """A job ``input``: prompt, start image or ``video`` to extend, end image, other fields (None: left out). A
+    file goes by its form: ``http(s)://`` in ``*_url``, ``volume:PATH`` in ``*_path``, else in ``*_base64``."""
     job, sources = {"prompt": prompt}, {"image": image, "end_image": end_image, "extend_video": video}
     for prefix, text in ((k, os.fspath(v)) for k, v in sources.items() if v is not None):
         kind = "url" if is_url(text) else "path" if text.startswith("volume:") else "base64"
@@ -203,7 +202,7 @@ def make_input(
 
 
 def workflow_input(graph: Any, images: Mapping[str, Any] | None = None, **fields: Any) -> Any:
-    """A ``workflow`` job: an API-format graph (or its JSON file), ``{name: file or URL}`` its nodes load, ``output``..."""
+    """A ``workflow`` job: an API-format graph (or its JSON file) and the ``{name: file or URL}`` it loads."""
     if not isinstance(graph, Mapping):
         try:
             graph = json.loads(Path(graph).expanduser().read_text())
@@ -253,7 +252,7 @@ class Client:
         return f"Client({self.where!r})"
 
     def submit(self, job_input: Mapping[str, Any], *, webhook: str | None = None) -> str:
-        """``POST /run`` (``webhook``: RunPod posts the result there too): the job's id. Refused if over RunPod's limit."""
+        """``POST /run`` (``webhook``: posted the result too): the job's id; refused if over RunPod's limit."""
         body = {"input": dict(job_input)} | ({"webhook": webhook} if webhook else {})
         if not self.local and (size := len(json.dumps(body))) > (limit := PAYLOAD_LIMITS["/run"]):
             over = f"the request is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB RunPod takes at /run"
@@ -284,9 +283,9 @@ class Client:
         timeout: float | None = None,
         stop: threading.Event | None = None,
     ) -> VideoResult:
-        """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every ``poll_interval[0]``
-        s while the progress changes, up to ``poll_interval[1]`` s while not, telling ``on_progress``. ``timeout`` (s):
-        :class:`WaitTimeout`; ``stop``, once set: :class:`Interrupted` (the job runs on)."""
+        """Follow a job to its end (:class:`JobFailed` unless it completed), telling ``on_progress``: ``/status``
+        is polled every ``poll_interval[0]`` s while the progress changes, up to ``poll_interval[1]`` s while not.
+        ``timeout`` (s): :class:`WaitTimeout`; ``stop`` set: :class:`Interrupted` (the job is not cancelled)."""
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
         stop = stop or threading.Event()
         fetch = self._background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
@@ -310,7 +309,7 @@ class Client:
     def generate(
         self, job_input: Mapping[str, Any], *, segments: int = 1, webhook: str | None = None, **wait: Any
     ) -> VideoResult:
-        """Submit and wait (as :meth:`wait`; ``on_submit`` is told each job id). ``segments``: that many jobs, each
+        """Submit and wait (as :meth:`wait`; ``on_submit`` is told each job id). ``segments``: so many jobs, each
         extending the last one's video by its URL, else by its base64 (the images go to the first)."""
         on_submit, last, job = wait.pop("on_submit", None) or (lambda job_id: None), None, dict(job_input)
         for n in range(1, segments + 1):
@@ -358,7 +357,7 @@ class Client:
         return target
 
     def save_outputs(self, result: VideoResult, folder: str | os.PathLike[str]) -> list[Path]:
-        """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a second one of a name)."""
+        """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a name seen before)."""
         paths: list[Path] = []
         for entry in result.outputs:
             name = Path(str(entry.get("filename"))).name.lstrip(".") or "output"
@@ -367,8 +366,7 @@ class Client:
             paths.append(self.save_video(file, path))
         return paths
 
-    def _background(self, job_id: str) -> Callable[[], JobStatus | None]:
-        """``status`` on a daemon thread: the answer once there is one (None before), or what it raised."""
+    def _background(self, job_id: str) -> Callable[[], JobStatus | None]:  # status() on a daemon thread
         future: Future[JobStatus] = Future()
 
         def call() -> None:

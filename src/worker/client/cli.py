@@ -1,5 +1,5 @@
-"""``wan-video generate``, ``extend``, ``workflow`` and ``batch`` (resumable), on a RunPod endpoint or the local
-API. Exits 0 on success, 1 when a job failed or the API could not be used, 2 on a usage error, 130 on Ctrl-C."""
+"""``wan-video generate``, ``extend``, ``workflow``, ``batch`` (resumable): on a RunPod endpoint or the local API.
+Exits 0 on success, 1 when a job failed or the API could not be used, 2 on a usage error, 130 on Ctrl-C."""
 
 import argparse
 import contextlib
@@ -102,12 +102,12 @@ def cancel(client: Client, job_ids: list[str], why: str = "") -> None:
 
 
 def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
-    """One video (``generate``, ``extend``: ``--segments`` jobs chained into one) or a graph's files (``workflow``)."""
-    jobs, n, workflow = list[str](), getattr(args, "segments", 1), args.command == "workflow"
-    named = [text.partition("=") for text in args.image] if workflow else []
+    """One video (``generate``, ``extend``: ``--segments`` jobs chained) or a graph's files (``workflow``)."""
+    jobs, n, flow = list[str](), getattr(args, "segments", 1), args.command == "workflow"
+    named = [text.partition("=") for text in args.image] if flow else []
     if n < 1 or not all(all(parts) for parts in named):
         raise UsageError("--segments must be at least 1" if n < 1 else "--image takes NAME=PATH or NAME=URL")
-    if workflow:
+    if flow:
         job = workflow_input(args.graph, {name: file for name, _, file in named}, **job_fields(args))
     else:
         sources = {k: v for k, v in vars(args).items() if k in ("image", "end_image", "video")}
@@ -123,8 +123,7 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
         )
         if result.video_url and not result.video_base64:
             bar(Progress("downloading"))
-        out = args.output
-        paths = client.save_outputs(result, out) if workflow else [client.save_video(result, out)]
+        paths = client.save_outputs(result, args.output) if flow else [client.save_video(result, args.output)]
     except KeyboardInterrupt:
         bar.close()
         cancel(client, jobs[-1:], "interrupted")
@@ -141,7 +140,7 @@ def run_job(args: argparse.Namespace, client: Client, bar: ProgressBar) -> int:
     for path in paths:
         size, kb = path.stat().st_size, path.stat().st_size / 1e3
         told = f"{size} bytes" if size < 1e3 else f"{kb:.0f} kB" if size < 1e6 else f"{kb / 1e3:.1f} MB"
-        print(f"saved {path} ({told})" + ("" if workflow else f": {result.mode or 'video'} {shape}"))
+        print(f"saved {path} ({told})" + ("" if flow else f": {result.mode or 'video'} {shape}"))
     if result.seed is not None:
         print(f"seed: {result.seed}")
     for adj in result.adjustments:

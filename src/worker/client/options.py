@@ -14,13 +14,12 @@ OPTION_NAMES = {"context_freenoise": "--no-freenoise", "context_retain_first_fra
 OPTION_NAMES |= {"output": "--output-mode", "lora_pairs": "--lora"}
 """Options not named ``--field-name`` (``--no-field-name`` for a field true by default). ``--output`` is the file."""
 IMAGE_FIELD = re.compile(r"((end_)?image|extend_video)_(url|base64|path)|workflow|images")
-"""Set by ``--image`` / ``--end-image`` / ``--video`` (a file, a URL or ``volume:PATH``), or by ``workflow``."""
+"""Set by ``--image`` / ``--end-image`` / ``--video`` (file, URL or ``volume:PATH``), or by ``workflow``."""
 WORKFLOW_FIELDS = {"output", "return_last_frame", "models"}  # what a workflow job takes beside its graph
 DEST, TYPES = "job:", {"integer": (int, "N"), "number": (float, "X"), "string": (str, "TEXT")}
 
 
-def parse_lora(text: str) -> dict[str, Any]:
-    """``HIGH,LOW[,HW[,LW]]`` -> a ``lora_pairs`` entry; either side may be empty, a file name or a URL."""
+def parse_lora(text: str) -> dict[str, Any]:  # HIGH,LOW[,HW[,LW]] -> a lora_pairs entry; a side may be empty
     parts = [p.strip() for p in text.split(",")]
     if not 2 <= len(parts) <= 4 or not (parts[0] or parts[1]):
         raise argparse.ArgumentTypeError("expected HIGH,LOW or HIGH,LOW,WEIGHT or HIGH,LOW,HIGH_W,LOW_W")
@@ -46,7 +45,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:  # FIELD=VALUE, VALUE as JSO
 def add_job_options(
     parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None, only: set[str] | None = None
 ) -> None:
-    """One option per field of the job contract (``schema``: :func:`worker.schema.input_json_schema`) or ``only``."""
+    """One option per field of the job contract (``schema``, by default :func:`input_json_schema`) or of ``only``."""
     schema = schema if schema is not None else input_json_schema()
     group = parser.add_argument_group("job (see the README's API reference)")
     for name, spec in sorted(schema["properties"].items(), key=lambda kv: "anyOf" in kv[1]):  # models last
