@@ -27,7 +27,8 @@ CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S, DOWNLOAD_TIMEOUT_S = 10.0, 30.0, 120.0
 RETRY = Retry(5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False)
 """Polls and downloads (GET): up to 5 more tries, 0, 1, 2, 4, 8 s apart (or as ``Retry-After`` says)."""
 RETRY_UNSENT = RETRY.new(status_forcelist=(429, 503), allowed_methods=None, read=False)
-"""POSTs (submit, cancel, the local ``/status``) go again only if surely not taken: no connection, 429, 503."""
+"""A POST (submit, cancel, the local API's ``/status`` that runs the job) is sent again only when the server
+surely did not take it (no connection, or 429/503), not after a lost answer, lest the job run twice."""
 PAYLOAD_LIMITS = {"/run": 10_000_000, "/runsync": 20_000_000}
 """The most bytes of JSON that RunPod takes in a request, per route; the client refuses bigger ones first."""
 
@@ -320,9 +321,8 @@ class Client:
             on_submit(job_id)
             last = self.wait(job_id, **wait)
             job = {k: v for k, v in job.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
-            job["extend_video_url" if last.video_url else "extend_video_base64"] = (
-                last.video_url or last.video_base64
-            )
+            kind = "url" if last.video_url else "base64"
+            job[f"extend_video_{kind}"] = last.video_url or last.video_base64
         if last is None:
             raise UsageError("segments must be at least 1")
         return last
