@@ -360,7 +360,7 @@ class Client:
         """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a name seen before)."""
         paths: list[Path] = []
         for entry in result.outputs:
-            name = Path(str(entry.get("filename"))).name.lstrip(".") or "output"
+            name = Path(str(entry.get("filename") or "")).name.lstrip(".") or "output"
             path = Path(folder, f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name)
             file = VideoResult(result.job_id, video_base64=entry.get("data"), video_url=entry.get("url"))
             paths.append(self.save_video(file, path))
