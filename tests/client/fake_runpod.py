@@ -55,6 +55,7 @@ class FakeJob:
     script: list[Body]
     polls: int = 0
     cancelled: bool = False
+    webhook: str | None = None
 
     def next_status(self) -> Body:
         if self.cancelled:
@@ -131,7 +132,7 @@ class FakeRunPod(HttpServer):
             script = self.script_for(job_input)
         else:
             script = self.scripts.popleft() if self.scripts else list(self.default_script)
-        self.jobs[job_id] = FakeJob(job_id, job_input, script)
+        self.jobs[job_id] = FakeJob(job_id, job_input, script, webhook=body.get("webhook"))
         return {"id": job_id, "status": "IN_QUEUE"}
 
 

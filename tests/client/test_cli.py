@@ -300,8 +300,11 @@ RENAMED = {
     "lora_pairs": "--lora",
 }
 """Today's option names that are not ``--field-name`` (``--no-field-name`` for a field true by default)."""
-IMAGE_FIELDS = {f"{end}image_{kind}" for end in ("", "end_") for kind in ("url", "base64", "path")}
-"""Set by --image / --end-image, which pick the field from the form of the image."""
+IMAGE_FIELDS = {
+    f"{file}_{kind}" for file in ("image", "end_image", "extend_video") for kind in ("url", "base64", "path")
+}
+IMAGE_FIELDS |= {"workflow", "images"}
+"""Set by --image / --end-image / --video, which pick the field from the form of the file, and by ``workflow``."""
 INPUT_FIELDS = {name for name, info in JobInput.model_fields.items() if not info.exclude}
 GENERATE = ["generate", "--url", "http://x", "--image", "a.png", "--prompt", "p", "-o", "o.mp4"]
 

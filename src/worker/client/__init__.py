@@ -1,25 +1,19 @@
-"""The Python API of the wan-worker client: :func:`make_input` builds a job, a :class:`Client` runs it on a RunPod
-endpoint (``POST /run``, ``GET /status`` polled with backoff, the worker's progress in its ``output``, ``POST
-/cancel``) or on the runpod SDK's local API (``POST /run`` stashes the job, ``POST /status`` runs it and answers
-at its end: no progress, no cancel). ``wan-video`` (:mod:`worker.client.cli`) is built on it.
-
->>> client = Client(endpoint="abc123")  # or Client(url="http://localhost:8000"); RUNPOD_API_KEY from the env
->>> client.save_video(client.generate(make_input("a fox in the snow", "start.png", length=49)), "fox.mp4")
-"""
+"""The Python API of the wan-worker client: :func:`make_input` or :func:`workflow_input` builds a job, a
+:class:`Client` runs it on a RunPod endpoint (``/run``, ``/status`` polled with backoff, ``/cancel``) or the
+runpod SDK's local API (``/run`` stashes the job, ``/status`` runs it: no progress, no cancel)."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
+import contextlib
 import json
-import math
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +29,8 @@ RETRY = Retry(5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
 RETRY_UNSENT = RETRY.new(status_forcelist=(429, 503), allowed_methods=None, read=False)
 """A POST (submit, cancel, the local API's ``/status`` that runs the job) is sent again only when the server
 surely did not take it (no connection, or 429/503), not after a lost answer, lest the job run twice."""
+PAYLOAD_LIMITS = {"/run": 10_000_000, "/runsync": 20_000_000}
+"""The most bytes of JSON that RunPod takes in a request, per route; the client refuses bigger ones first."""
 
 
 class ClientError(Exception):
@@ -81,8 +77,7 @@ class JobFailed(ClientError):
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job is: ``queued``, ``running``, or the worker's stage (``inputs``, ``models``, ``comfyui``,
-    ``sampling`` with ``step``/``steps``, ``delivering``)."""
+    """Where a job is: ``queued``, ``running``, or the worker's stage (``sampling``: ``step``/``steps`` ...)."""
 
     stage: str
     step: int | None = None
@@ -108,11 +103,9 @@ class JobStatus:
 
     @property
     def progress(self) -> Progress:
-        out = self.output
-        if self.status == "IN_QUEUE":
-            return Progress("queued")
-        if not isinstance(out, Mapping) or not isinstance(out.get("stage"), str):
-            return Progress("running")
+        out = self.output if isinstance(self.output, Mapping) else {}
+        if self.status == "IN_QUEUE" or not isinstance(out.get("stage"), str):
+            return Progress("queued" if self.status == "IN_QUEUE" else "running")
         return Progress(out["stage"], out.get("step"), out.get("steps"))
 
 
@@ -141,6 +134,8 @@ class VideoResult:
     mime_type: str = "video/mp4"
     size_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    frames: dict[str, int] = field(default_factory=dict)  # an extension's: given, new, delivered
+    outputs: list[dict[str, Any]] = field(default_factory=list, repr=False)  # a workflow job's files
     adjustments: tuple[Adjustment, ...] = ()
     video_base64: str | None = field(default=None, repr=False)
     video_url: str | None = field(default=None, repr=False)
@@ -148,18 +143,15 @@ class VideoResult:
     @classmethod
     def from_output(cls, job_id: str, output: Mapping[str, Any]) -> VideoResult:
         """From the worker's result: the fields it has, the video under ``video``."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"job_id", "adjustments", "video_base64"}
+        known = {f.name for f in fields(cls)} - {"job_id", "adjustments", "video_base64"}
         values = {k: v for k, v in output.items() if k in known and v is not None}
-        adjustments = tuple(
-            Adjustment(a.get("field", ""), a.get("requested"), a.get("used"), a.get("reason", ""))
-            for a in output.get("adjustments") or ()
-        )
+        said = [{"field": "", "reason": ""} | a for a in output.get("adjustments") or ()]
+        adjustments = tuple(Adjustment(*map(a.get, ("field", "requested", "used", "reason"))) for a in said)
         return cls(job_id, **values, adjustments=adjustments, video_base64=output.get("video"))
 
 
 def job_failure(status: JobStatus) -> JobFailed:
-    """Why a job ended without a video, in plain words. RunPod gives ``error`` and ``output: {"error_code",
-    "details"}``; the local API only ``error``, whose text begins with the code (``"invalid_input: ..."``)."""
+    """Why a job ended without a video: from RunPod's ``error`` and ``output``, or the local API's ``error``."""
     output = status.output if isinstance(status.output, Mapping) else {}
     code, details = output.get("error_code") or None, output.get("details") or []
     endings = {"FAILED": "failed", "CANCELLED": "was cancelled", "TIMED_OUT": "timed out on the endpoint"}
@@ -173,13 +165,10 @@ def job_failure(status: JobStatus) -> JobFailed:
     return JobFailed(message, job_id=status.id, status=status.status, code=code, details=details)
 
 
-def _plain_error(error: str | None) -> str | None:
-    """An error text fit to show: the runpod SDK reports an escaped exception as a JSON string."""
-    text = (error or "").strip()
-    try:
+def _plain_error(error: str | None) -> str | None:  # the runpod SDK reports an exception as JSON text
+    text, parsed = (error or "").strip(), None
+    with contextlib.suppress(ValueError):
         parsed = json.loads(text) if text.startswith("{") else None
-    except ValueError:
-        parsed = None
     if not isinstance(parsed, Mapping):
         return text or None
     message = parsed.get("error_message") or parsed.get("error") or "unexpected error in the worker"
@@ -187,37 +176,41 @@ def _plain_error(error: str | None) -> str | None:
     return f"{kind.group(1).rsplit('.', 1)[-1]}: {message}" if kind else str(message)
 
 
-def encode_image(data: bytes) -> str:
-    """An image file as base64: the worker recognises the format by its content."""
-    return base64.b64encode(data).decode("ascii")
-
-
 def is_url(text: str) -> bool:
     return re.match(r"https?://", text, flags=re.IGNORECASE) is not None
 
 
-def image_fields(source: str | os.PathLike[str], *, end: bool = False) -> dict[str, str]:
-    """The job fields for one image: ``http(s)://`` -> ``*_url``, ``volume:PATH`` -> ``*_path`` (a file on the
-    worker's volume), anything else is a local file sent as base64 in ``*_base64``."""
-    prefix, text = "end_image" if end else "image", os.fspath(source)
-    if is_url(text):
-        return {f"{prefix}_url": text}
-    if text.startswith("volume:"):
-        return {f"{prefix}_path": text[len("volume:") :]}
-    if not Path(text).expanduser().is_file():
-        raise UsageError(f"{text}: no such image file")
+def file_base64(path: str | os.PathLike[str], what: str = "image") -> str:  # the worker sniffs the format
     try:
-        return {f"{prefix}_base64": encode_image(Path(text).expanduser().read_bytes())}
+        return base64.b64encode(Path(path).expanduser().read_bytes()).decode("ascii")
+    except (FileNotFoundError, IsADirectoryError):
+        raise UsageError(f"{os.fspath(path)}: no such {what} file") from None
     except OSError as exc:
-        raise UsageError(f"{text}: cannot read the image ({exc.strerror or exc})") from exc
+        raise UsageError(f"{os.fspath(path)}: cannot read the {what} ({exc.strerror or exc})") from exc
 
 
-def make_input(prompt: str, image: str | os.PathLike[str], *, end_image: Any = None, **fields: Any) -> Any:
-    """A job ``input``: the prompt, the image(s) and any other field of the job contract (None = default)."""
-    ends = image_fields(end_image, end=True) if end_image is not None else {}
-    return {"prompt": prompt, **image_fields(image), **ends} | {
-        k: v for k, v in fields.items() if v is not None
-    }
+def make_input(
+    prompt: str, image: Any = None, *, end_image: Any = None, video: Any = None, **fields: Any
+) -> Any:
+    """A job ``input``: prompt, start image or ``video`` to extend, end image, other fields (None: left out). A
+    file goes by its form: ``http(s)://`` in ``*_url``, ``volume:PATH`` in ``*_path``, else in ``*_base64``."""
+    job, sources = {"prompt": prompt}, {"image": image, "end_image": end_image, "extend_video": video}
+    for prefix, text in ((k, os.fspath(v)) for k, v in sources.items() if v is not None):
+        kind = "url" if is_url(text) else "path" if text.startswith("volume:") else "base64"
+        value = file_base64(text, prefix[-5:]) if kind == "base64" else text.removeprefix("volume:")
+        job[f"{prefix}_{kind}"] = value
+    return job | {k: v for k, v in fields.items() if v is not None}
+
+
+def workflow_input(graph: Any, images: Mapping[str, Any] | None = None, **fields: Any) -> Any:
+    """A ``workflow`` job: an API-format graph (or its JSON file) and the ``{name: file or URL}`` it loads."""
+    if not isinstance(graph, Mapping):
+        try:
+            graph = json.loads(Path(graph).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{os.fspath(graph)}: not a readable JSON graph ({exc})") from exc
+    files = [{"name": n, "image": f if is_url(str(f)) else file_base64(f)} for n, f in (images or {}).items()]
+    return {k: v for k, v in ({"workflow": graph, "images": files or None} | fields).items() if v is not None}
 
 
 def _session(retry: Retry, headers: Mapping[str, str]) -> requests.Session:
@@ -247,23 +240,25 @@ class Client:
         if url:
             self.base = url.rstrip("/")
         else:
-            key = api_key or os.environ.get("RUNPOD_API_KEY", "")
-            if not key:
+            if not (key := api_key or os.environ.get("RUNPOD_API_KEY", "")):
                 raise UsageError("a RunPod endpoint needs an API key: set RUNPOD_API_KEY")
             root = base_url or os.environ.get("RUNPOD_API_BASE") or DEFAULT_RUNPOD_BASE
             self.base, headers = f"{root.rstrip('/')}/{endpoint}", {"Authorization": f"Bearer {key}"}
-        self.poll_interval, self.request_timeout = poll_interval, request_timeout
+        self.poll_interval, self.request_timeout, self.can_cancel = poll_interval, request_timeout, not url
         self.where = f"local API {self.base}" if url else f"endpoint {self.base}"  # for messages: no API key
-        self.can_cancel = not url  # the local API has no /cancel
         self._gets, self._posts = _session(RETRY, headers), _session(RETRY_UNSENT, headers)
         self._downloads = _session(RETRY, {})  # a presigned URL carries its own credentials: no API key there
 
     def __repr__(self) -> str:
         return f"Client({self.where!r})"
 
-    def submit(self, job_input: Mapping[str, Any]) -> str:
-        """``POST /run``: the job's id."""
-        job_id = self._call("POST", "/run", {"input": dict(job_input)}).get("id")
+    def submit(self, job_input: Mapping[str, Any], *, webhook: str | None = None) -> str:
+        """``POST /run`` (``webhook``: posted the result too): the job's id; refused if over RunPod's limit."""
+        body = {"input": dict(job_input)} | ({"webhook": webhook} if webhook else {})
+        if not self.local and (size := len(json.dumps(body))) > (limit := PAYLOAD_LIMITS["/run"]):
+            over = f"the request is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB RunPod takes at /run"
+            raise UsageError(f"{over}: send files by URL; use a bucket (output=url) so that videos go by URL")
+        job_id = self._call("POST", "/run", body).get("id")
         if not isinstance(job_id, str) or not job_id:
             raise ApiError(f"{self.where} accepted the job but returned no job id")
         return job_id
@@ -289,15 +284,12 @@ class Client:
         timeout: float | None = None,
         stop: threading.Event | None = None,
     ) -> VideoResult:
-        """Follow a job to its end (:class:`JobFailed` unless it completed), polling ``/status`` every
-        ``poll_interval[0]`` s while the progress changes, up to ``poll_interval[1]`` s while it does not, and
-        telling ``on_progress``. ``timeout`` (s) raises :class:`WaitTimeout`; ``stop``, once set,
-        :class:`Interrupted` (the job is not cancelled). The local API's ``/status`` runs on a helper thread."""
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        """Follow a job to its end (:class:`JobFailed` unless it completed), telling ``on_progress``: ``/status``
+        is polled every ``poll_interval[0]`` s while the progress changes, up to ``poll_interval[1]`` s while not.
+        ``timeout`` (s): :class:`WaitTimeout`; ``stop`` set: :class:`Interrupted` (the job is not cancelled)."""
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
         stop = stop or threading.Event()
-        fetch = (
-            self._in_background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
-        )
+        fetch = self._background(job_id) if self.local and not stop.is_set() else lambda: self.status(job_id)
         (first, longest), interval, last = self.poll_interval, 0.0, None
         while not stop.is_set():
             current = fetch()
@@ -315,9 +307,25 @@ class Client:
             stop.wait(min(interval, left))
         raise Interrupted(f"stopped waiting for job {job_id}")
 
-    def generate(self, job_input: Mapping[str, Any], **wait: Any) -> VideoResult:
-        """Submit and wait (``on_progress``, ``timeout``: as :meth:`wait`)."""
-        return self.wait(self.submit(job_input), **wait)
+    def generate(
+        self, job_input: Mapping[str, Any], *, segments: int = 1, webhook: str | None = None, **wait: Any
+    ) -> VideoResult:
+        """Submit and wait (as :meth:`wait`; ``on_submit`` is told each job id). ``segments``: so many jobs, each
+        extending the last one's video by its URL, else by its base64 (the images go to the first)."""
+        on_submit, last, job = wait.pop("on_submit", None) or (lambda job_id: None), None, dict(job_input)
+        for n in range(1, segments + 1):
+            try:
+                job_id = self.submit(job, webhook=webhook)
+            except UsageError as exc:
+                raise UsageError(f"segment {n} of {segments}: {exc}" if segments > 1 else str(exc)) from None
+            on_submit(job_id)
+            last = self.wait(job_id, **wait)
+            job = {k: v for k, v in job.items() if not re.fullmatch(r"(end_image|image|extend_video)_\w+", k)}
+            kind = "url" if last.video_url else "base64"
+            job[f"extend_video_{kind}"] = last.video_url or last.video_base64
+        if last is None:
+            raise UsageError("segments must be at least 1")
+        return last
 
     def video_bytes(self, result: VideoResult) -> bytes:
         """The MP4: decoded from the result, or downloaded from ``video_url``."""
@@ -348,8 +356,17 @@ class Client:
             partial.unlink(missing_ok=True)
         return target
 
-    def _in_background(self, job_id: str) -> Callable[[], JobStatus | None]:
-        """``status`` on a daemon thread: the answer once there is one (None before), or what it raised."""
+    def save_outputs(self, result: VideoResult, folder: str | os.PathLike[str]) -> list[Path]:
+        """A workflow job's files as ``folder/<filename>`` (``<node id>_<filename>`` for a name seen before)."""
+        paths: list[Path] = []
+        for entry in result.outputs:
+            name = Path(str(entry.get("filename") or "")).name.lstrip(".") or "output"
+            path = Path(folder, f"{entry.get('node_id')}_{name}" if Path(folder, name) in paths else name)
+            file = VideoResult(result.job_id, video_base64=entry.get("data"), video_url=entry.get("url"))
+            paths.append(self.save_video(file, path))
+        return paths
+
+    def _background(self, job_id: str) -> Callable[[], JobStatus | None]:  # status() on a daemon thread
         future: Future[JobStatus] = Future()
 
         def call() -> None:
@@ -371,10 +388,9 @@ class Client:
             raise ApiError(f"{self.where} did not answer in time") from exc
         except requests.RequestException as exc:
             raise ApiError(f"cannot reach {self.where} ({type(exc).__name__})") from exc
-        try:
+        body = None
+        with contextlib.suppress(ValueError):
             body = response.json()
-        except ValueError:
-            body = None
         if (code := response.status_code) >= 400:
             said = body if isinstance(body, dict) else {}
             hint = said.get("error") or said.get("message") or said.get("detail")

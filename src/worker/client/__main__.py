@@ -1,8 +1,6 @@
 """``python -m worker.client``: the same as the ``wan-video`` command."""
 
-import sys
-
 from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

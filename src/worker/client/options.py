@@ -1,8 +1,6 @@
 """The job options of ``wan-video``, generated from the job contract: one per field of
 :class:`worker.schema.JobInput`, with the type, help, default, choices and bounds of its JSON schema."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import re
@@ -12,20 +10,16 @@ from typing import Any
 from ..schema import input_json_schema
 from . import is_url
 
-OPTION_NAMES = {
-    "context_freenoise": "--no-freenoise",
-    "context_retain_first_frame": "--retain-first-frame",
-    "output": "--output-mode",
-    "lora_pairs": "--lora",
-}
+OPTION_NAMES = {"context_freenoise": "--no-freenoise", "context_retain_first_frame": "--retain-first-frame"}
+OPTION_NAMES |= {"output": "--output-mode", "lora_pairs": "--lora"}
 """Options not named ``--field-name`` (``--no-field-name`` for a field true by default). ``--output`` is the file."""
-IMAGE_FIELD = re.compile(r"(end_)?image_(url|base64|path)")
-"""Set by ``--image`` / ``--end-image``: a file, an http(s) URL or ``volume:PATH`` picks which."""
+IMAGE_FIELD = re.compile(r"((end_)?image|extend_video)_(url|base64|path)|workflow|images")
+"""Set by ``--image`` / ``--end-image`` / ``--video`` (file, URL or ``volume:PATH``), or by ``workflow``."""
+WORKFLOW_FIELDS = {"output", "return_last_frame", "models"}  # what a workflow job takes beside its graph
 DEST, TYPES = "job:", {"integer": (int, "N"), "number": (float, "X"), "string": (str, "TEXT")}
 
 
-def parse_lora(text: str) -> dict[str, Any]:
-    """``HIGH,LOW[,HW[,LW]]`` -> a ``lora_pairs`` entry; either side may be empty, a file name or a URL."""
+def parse_lora(text: str) -> dict[str, Any]:  # HIGH,LOW[,HW[,LW]] -> a lora_pairs entry; a side may be empty
     parts = [p.strip() for p in text.split(",")]
     if not 2 <= len(parts) <= 4 or not (parts[0] or parts[1]):
         raise argparse.ArgumentTypeError("expected HIGH,LOW or HIGH,LOW,WEIGHT or HIGH,LOW,HIGH_W,LOW_W")
@@ -38,8 +32,7 @@ def parse_lora(text: str) -> dict[str, Any]:
     return pair | dict(zip(("high_weight", "low_weight"), weights, strict=False))
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``FIELD=VALUE``; VALUE is read as JSON when it parses, else kept as text."""
+def parse_assignment(text: str) -> tuple[str, Any]:  # FIELD=VALUE, VALUE as JSON when it parses, else as text
     name, sep, raw = text.partition("=")
     if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name := name.strip()):
         raise argparse.ArgumentTypeError("expected FIELD=VALUE with a field name such as high_model")
@@ -49,16 +42,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return name, raw
 
 
-def add_job_options(parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None) -> None:
-    """One option per field of the job contract (``schema``: :func:`worker.schema.input_json_schema`)."""
+def add_job_options(
+    parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None, only: set[str] | None = None
+) -> None:
+    """One option per field of the job contract (``schema``, by default :func:`input_json_schema`) or of ``only``."""
     schema = schema if schema is not None else input_json_schema()
     group = parser.add_argument_group("job (see the README's API reference)")
     for name, spec in sorted(schema["properties"].items(), key=lambda kv: "anyOf" in kv[1]):  # models last
+        if IMAGE_FIELD.fullmatch(name) or (only is not None and name not in only):
+            continue
         kind = next((s.get("type") for s in spec.get("anyOf", [spec]) if s.get("type") != "null"), None)
         flag, notes = name.replace("_", "-"), _notes(spec)
         extra: dict[str, Any] = {"help": " ".join(spec.get("description", "").split())}
-        if IMAGE_FIELD.fullmatch(name):
-            continue
         if name == "lora_pairs":
             extra = {"action": "append", "type": parse_lora, "metavar": "HIGH,LOW[,HW[,LW]]"}
             extra["help"] = "a LoRA pair: files on the volume or URLs, optional weights; repeat for more"
@@ -72,16 +67,13 @@ def add_job_options(parser: argparse.ArgumentParser, schema: Mapping[str, Any] |
             extra["type"], extra["metavar"] = TYPES.get(kind or "", (json.loads, "JSON"))
         text = f"{extra['help']} ({'; '.join(notes)})" if notes else extra["help"]
         extra["help"] = text.replace("%", "%%")
-        required = name in schema.get("required", ())
-        group.add_argument(
-            OPTION_NAMES.get(name, f"--{flag}"), dest=DEST + name, required=required, default=None, **extra
-        )
+        option, required = OPTION_NAMES.get(name, f"--{flag}"), name in schema.get("required", ())
+        group.add_argument(option, dest=DEST + name, required=required, default=None, **extra)
     any_field = "any job field, e.g. high_model=my.safetensors (VALUE is JSON or text); repeatable"
     group.add_argument("--set", action="append", type=parse_assignment, metavar="FIELD=VALUE", help=any_field)
 
 
-def _notes(spec: Mapping[str, Any]) -> list[str]:
-    """``default: X`` and the bounds, as the help shows them."""
+def _notes(spec: Mapping[str, Any]) -> list[str]:  # "default: X" and the bounds, as the help shows them
     shown = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in spec.items() if v not in (None, [])}
     default = shown.get("x-default", shown.get("default"))
     low, high = shown.get("minimum"), shown.get("maximum", shown.get("maxItems"))
@@ -90,7 +82,6 @@ def _notes(spec: Mapping[str, Any]) -> list[str]:
     return [text for text in (default and f"default: {default}", bounds) if text]
 
 
-def job_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The job fields the options ask for (None = the worker's default), ``--set`` ones last."""
+def job_fields(args: argparse.Namespace) -> dict[str, Any]:  # None: the worker's default; --set ones last
     fields = {key[len(DEST) :]: value for key, value in vars(args).items() if key.startswith(DEST)}
     return fields | dict(getattr(args, "set", None) or ())

@@ -1,8 +1,6 @@
 """What ``wan-video`` shows, drawn by rich: a live progress bar on a terminal, else (a log, CI) a plain line
 whenever the stage or the step changes; and tables."""
 
-from __future__ import annotations
-
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -25,8 +23,7 @@ def format_elapsed(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
-def make_console(stream: TextIO, tty: bool | None = None) -> Console:
-    """A console on ``stream``; off a terminal it has no colours and wraps no line."""
+def make_console(stream: TextIO, tty: bool | None = None) -> Console:  # off a terminal: no colours, no wraps
     tty = stream.isatty() if tty is None else tty
     return Console(file=stream, force_terminal=tty, width=None if tty else 100_000, highlight=False)
 
@@ -42,12 +39,8 @@ class ProgressBar:
     """Shows a job's :class:`Progress` when called; ``note()`` prints a line above it; ``close()`` removes it."""
 
     def __init__(self, stream: TextIO, *, enabled: bool = True, tty: bool | None = None) -> None:
-        self.console, self.enabled, self.started, self.last = (
-            make_console(stream, tty),
-            enabled,
-            time.monotonic(),
-            "",
-        )
+        self.console, self.enabled = make_console(stream, tty), enabled
+        self.started, self.last = time.monotonic(), ""
         columns = (TextColumn("{task.description:<19}"), BarColumn(), TextColumn("{task.fields[count]:>5}"))
         self.bar = LiveBar(*columns, TimeElapsedColumn(), console=self.console, transient=True)
         self.task = self.bar.add_task("", total=None, count="")
@@ -64,7 +57,6 @@ class ProgressBar:
             self.note(f"{line} ({format_elapsed(time.monotonic() - self.started)})")
 
     def note(self, text: str) -> None:
-        """A line of its own, above the bar."""
         if self.enabled:
             self.console.print(text, markup=False, soft_wrap=True)
 
