@@ -261,3 +261,18 @@ def test_the_graph_command_refuses_a_bad_job(tmp_path: Path, capsys: pytest.Capt
     assert main(["graph", str(path)]) == 2
     assert "image_url" in capsys.readouterr().err
     assert main(["graph", str(tmp_path / "missing.json")]) == 2
+
+
+def test_the_workflow_docs_are_generated_from_the_contract() -> None:
+    from worker.inputdoc import input_tables, readme_section
+    from worker.schema import input_json_schema
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    assert readme_section(readme, workflow=True) == input_tables(workflow=True), (
+        "regenerate the README's workflow tables: python -m worker schema --workflow --markdown"
+    )
+    published = json.loads((repo / "docs" / "workflow_input.schema.json").read_text(encoding="utf-8"))
+    assert published == input_json_schema(workflow=True), (
+        "regenerate it: python -m worker schema --workflow > docs/workflow_input.schema.json"
+    )
