@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.emulator import Emulator
+from tests.models.fileserver import FileServer, model_bytes
 from tests.support.images import data_uri, image_bytes
 from tests.support.settings import settings_for
 from tests.support.video import probe_b64
@@ -276,3 +277,40 @@ def test_the_workflow_docs_are_generated_from_the_contract() -> None:
     assert published == input_json_schema(workflow=True), (
         "regenerate it: python -m worker schema --workflow > docs/workflow_input.schema.json"
     )
+
+
+def test_models_are_fetched_into_the_volume_and_images_by_url(emulator: Emulator, settings: Settings) -> None:
+    """A LoRA the graph loads is downloaded through the guarded path first; the image comes by URL."""
+    env = {"ALLOW_HTTP_MODEL_URLS": "true", "ALLOW_PRIVATE_URLS": "true", "ALLOWED_MODEL_HOSTS": "127.0.0.1"}
+    local = settings_for(emulator.url, settings.volume_root, COMFY_INPUT_DIR=emulator.input_dir, **env)
+    loras = settings.volume_root / "loras"
+    emulator.configure(model_dirs={"loras": [str(loras)]})
+    graph = {
+        **IMAGE_GRAPH,
+        "unet": {
+            "class_type": "UNETLoader",
+            "inputs": {
+                "unet_name": "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+                "weight_dtype": "default",
+            },
+        },
+        "lora": {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": ["unet", 0], "lora_name": "mine.safetensors", "strength_model": 1.0},
+        },
+    }
+    try:
+        with FileServer() as server:
+            model = server.add("/style.safetensors", model_bytes(4096))
+            image = server.add("/input.png", PNG)
+            bad = server.add("/bad.safetensors", b"<html>sign in first</html>")
+            models = [{"url": model, "folder": "loras", "name": "mine.safetensors"}]
+            images = [{"name": "input.png", "image": image}]
+            result = run(job(workflow=graph, models=models, images=images), local)
+            refused = run(job(models=[{"url": bad, "folder": "vae"}]), local)
+    finally:
+        emulator.configure(model_dirs={})
+    assert "error" not in result, result
+    assert (loras / "mine.safetensors").read_bytes() == model_bytes(4096)
+    assert refused["error_code"] == "model_download_failed" and "models[0].url" in refused["error"], refused
+    assert not (settings.volume_root / "vae" / "bad.safetensors").exists()
