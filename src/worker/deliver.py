@@ -226,9 +226,9 @@ def encoded_length(size: int) -> int:
 
 
 class JobResult(dict[str, Any]):
-    """A job's result. Its repr shows an inline video (and a workflow's inline files) as its length: the runpod SDK formats the whole result
-    into DEBUG log lines at every log level, and a repr of the payload would copy it twice per job (70 MB for a
-    50 MB video) and put it in the log whenever DEBUG is on."""
+    """A job's result. Its repr shows an inline video (and a workflow's inline files) as its length: the runpod
+    SDK formats the whole result into DEBUG log lines at every log level, and a repr of the payload would copy it
+    twice per job (70 MB for a 50 MB video) and put it in the log whenever DEBUG is on."""
 
     def __repr__(self) -> str:
         def brief(v: Any) -> Any:

@@ -88,11 +88,7 @@ def input_tables(workflow: bool = False) -> str:
 
 def readme_section(readme: str, workflow: bool = False) -> str | None:
     """The README's current copy of the tables, or None when its markers are missing."""
-    start, end = (
-        (START, END)
-        if not workflow
-        else (START.replace("input", "workflow"), END.replace("input", "workflow"))
-    )
+    start, end = (m.replace("input", "workflow") if workflow else m for m in (START, END))
     if start not in readme or end not in readme:
         return None
     return readme.split(start, 1)[1].split(end, 1)[0].strip("\n")

@@ -12,7 +12,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -28,9 +29,7 @@ from .schema import WorkflowInput, parse_job_input
 async def run_workflow(run: handler.JobRun) -> dict[str, Any]:
     s = run.settings
     if not s.allow_workflow:
-        raise InvalidInput(
-            "this worker runs no workflows (ALLOW_WORKFLOW=false)", details=[{"field": "workflow"}]
-        )
+        raise InvalidInput("this worker runs no workflow jobs (ALLOW_WORKFLOW=false); send a built-in job")
     try:
         job = WorkflowInput.model_validate(
             run.job["input"], context={"allow_pickle_models": s.allow_pickle_models}
@@ -54,10 +53,8 @@ async def run_workflow(run: handler.JobRun) -> dict[str, Any]:
     with run.stage(None, "upload"):
         for entry, (data, mime) in zip(job.images, files, strict=True):
             run.uploads.append(await asyncio.to_thread(run.client.upload_image, data, entry.name, mime=mime))
-    tag = uuid.uuid4().hex[
-        :8
-    ]  # else ComfyUI's cache reports an identical saver's earlier file, deleted since
-    bound = {k: {**n, "inputs": {**n["inputs"], **tagged(n["inputs"], tag)}} for k, n in job.workflow.items()}
+    # each saver's file name gets a tag: ComfyUI's cache would report an unchanged saver's earlier, deleted file
+    bound = {k: tagged(node, uuid.uuid4().hex[:8]) for k, node in job.workflow.items()}
     with run.stage("sampling", "sampling"):
         outcome = await asyncio.to_thread(
             handler.run_graph, run, bound, lambda _, v, m: run.progress.step(v, m)
@@ -69,9 +66,10 @@ async def run_workflow(run: handler.JobRun) -> dict[str, Any]:
     return deliver.JobResult({**result, "cached_nodes": outcome.cached_nodes, "timings": run.timings})
 
 
-def tagged(inputs: dict[str, Any], tag: str) -> dict[str, Any]:
-    prefix = inputs.get("filename_prefix")
-    return {"filename_prefix": f"{prefix}_{tag}"} if isinstance(prefix, str) else {}
+def tagged(node: dict[str, Any], tag: str) -> dict[str, Any]:
+    if not isinstance(prefix := node["inputs"].get("filename_prefix"), str):
+        return node
+    return {**node, "inputs": {**node["inputs"], "filename_prefix": f"{prefix}_{tag}"}}
 
 
 def load_file(source: str, index: int, s: Settings) -> tuple[bytes, str]:
@@ -98,20 +96,17 @@ def deliver_all(run: handler.JobRun, bucket: deliver.Bucket | None) -> dict[str,
         if bucket is not None:
             data = run.client.fetch_output(out)
             key = deliver.object_key(f"{run.safe_id}_{index}", Path(out.filename).suffix)
-            entry |= {
-                "size_bytes": len(data),
-                "url": deliver.upload(data, key=key, bucket=bucket, content_type=mime),
-            }
+            url = deliver.upload(data, key=key, bucket=bucket, content_type=mime)
+            entry |= {"size_bytes": len(data), "url": url}
         else:
             encoder = deliver.InlineEncoder(run.settings)
             entry["size_bytes"] = run.client.read_output(out, encoder)
             entry["data"] = encoder.result()["video"]
             inline += len(entry["data"]) * (2 if video is None and mime.startswith("video/") else 1)
             if inline > limit:
+                message = f"the graph's files are {inline / 1e6:.1f} MB as base64 (the first video twice), "
                 raise OutputTooLarge(
-                    f"the graph's files are {inline / 1e6:.1f} MB as base64 (the first video twice), more than the "
-                    f"inline limit of {limit / 2**20:g} MB (INLINE_OUTPUT_MAX_MB); configure a bucket and use "
-                    "output 'url', or save less"
+                    message + "more than INLINE_OUTPUT_MAX_MB; use a bucket and output 'url'"
                 )
         video = video or (entry if mime.startswith("video/") else None)
         entries.append(entry)
@@ -130,22 +125,11 @@ def export_graph(argv: list[str], s: Settings) -> int:
         job = parse_job_input(raw.get("input", raw) if isinstance(raw, dict) else raw)
         if refs := jobmodels.url_refs(job):
             raise InvalidInput(f"{refs[0].field}: name model files on the volume; graph fetches nothing")
-        start, end = (
-            media.load_image(
-                field_prefix=p,
-                url=getattr(job, f"{p}_url"),
-                b64=getattr(job, f"{p}_base64"),
-                path=getattr(job, f"{p}_path"),
-                limits=handler.image_limits(s),
-                volume_root=s.volume_root,
-            )
-            for p in ("image", "end_image")
-        )
+        start, end = asyncio.run(handler.load_images(cast(handler.JobRun, SimpleNamespace(settings=s)), job))
     except (OSError, ValueError, WorkerError) as exc:
         message = handler.invalid_input(exc).message if isinstance(exc, ValidationError) else str(exc)
         print(f"usage: python -m worker graph JOB.json\n{message}", file=sys.stderr)
         return 2
-    assert start is not None  # the contract requires one
     framing.frame(job, start.width, start.height)
     names = default_names() | {r.name: n for r in roles.JOB_ROLES if (n := job.model_name(r.name))}
     pairs = [graph.LoraFiles(p.high, p.low, p.high_weight, p.low_weight) for p in job.lora_pairs]

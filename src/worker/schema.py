@@ -510,14 +510,6 @@ class WorkflowInput(BaseModel, extra="forbid"):
     models: list[WorkflowModel] = Field([], max_length=MAX_WORKFLOW_FILES, description="downloaded first")
     output: OutputMode = JobInput.model_fields["output"]  # type: ignore[assignment]
 
-    @model_validator(mode="before")
-    @classmethod
-    def _workflow_fields_only(cls, data: Any) -> Any:
-        if isinstance(data, dict) and (extra := [str(k) for k in data if k not in cls.model_fields]):
-            message = f"{', '.join(extra)}: not taken beside workflow, which runs the graph as given; "
-            raise field_problem(extra[0], message + f"its fields are {', '.join(cls.model_fields)}")
-        return data
-
 
 REPORTED = (
     "mode",
@@ -550,7 +542,10 @@ FIELD_NAMES: tuple[str, ...] = (
 """Every input field, in the order the README and error messages list them."""
 LORA_FIELD_NAMES: tuple[str, ...] = tuple(LoraPair.model_fields)
 NESTED_FIELDS = {"lora_pairs": LORA_FIELD_NAMES, "images": tuple(WorkflowFile.model_fields)}
-NESTED_FIELDS["models"] = tuple(WorkflowModel.model_fields)
+NESTED_FIELDS |= {
+    "models": tuple(WorkflowModel.model_fields),
+    "WorkflowInput": tuple(WorkflowInput.model_fields),
+}
 
 
 def _loc_to_field(loc: tuple[int | str, ...]) -> str:
@@ -572,7 +567,7 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
         kind = err.get("type", "")
         message = str(err.get("msg", "is invalid"))
         if kind == "extra_forbidden":
-            allowed = NESTED_FIELDS.get(str(loc[0]), FIELD_NAMES) if len(loc) > 1 else FIELD_NAMES
+            allowed = NESTED_FIELDS.get(str(loc[0]) if len(loc) > 1 else exc.title, FIELD_NAMES)
             name = str(loc[-1]) if loc else field
             message = f"unknown field {name!r}; allowed fields are: {', '.join(allowed)}"
         elif kind == "missing":
