@@ -109,7 +109,11 @@ def test_an_exported_built_in_graph_makes_the_built_in_video_with_progress(
 @pytest.mark.parametrize(
     ("fields", "field", "words"),
     [
-        ({"prompt": "a fox", "width": 480}, "width", "unknown field 'width'; allowed fields are: workflow, images, models, output"),
+        (
+            {"prompt": "a fox", "width": 480},
+            "width",
+            "unknown field 'width'; allowed fields are: workflow, images, models, output",
+        ),
         ({"workflow": {}}, "workflow", "1 to 1000 nodes"),
         (
             {"workflow": {str(i): {"class_type": "X", "inputs": {}} for i in range(1001)}},
