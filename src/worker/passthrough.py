@@ -75,7 +75,7 @@ def tagged(node: dict[str, Any], tag: str) -> dict[str, Any]:
 def load_file(source: str, index: int, s: Settings) -> tuple[bytes, str]:
     """An image, checked as the built-in jobs' are, or an MP4 / WebM video; and its MIME type."""
     field, limits = f"images[{index}].image", handler.image_limits(s)
-    if re.match(r"^https?://", source, flags=re.IGNORECASE):
+    if re.match(r"^\s*https?://", source, flags=re.IGNORECASE):
         data = media.fetch_url(source.strip(), field=field, limits=limits)
     else:
         data = media.decode_base64(source, field=field, max_bytes=limits.max_bytes, mimes=media.MEDIA_MIME)
