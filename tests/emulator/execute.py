@@ -13,7 +13,8 @@
   ``executing {"node": null}``.
 * Nodes: the loaders, LoRAs, text encoders and the like pass placeholders on; what reaches the video is real:
   the start (and end) image, the latent's size and frame count (``(w // 8) * 8``, ``((length - 1) // 4) * 4 + 1``),
-  the sampler steps (``min(end_at_step, steps) - start_at_step``), interpolation, fps and SaveVideo's ``crf``.
+  the sampler steps (``min(end_at_step, steps) - start_at_step``), interpolation, fps and SaveVideo's ``crf``; for
+  an image-only workflow job, ImageInvert inverts and SaveImage writes a PNG.
 """
 
 from __future__ import annotations
