@@ -21,7 +21,8 @@ def _quiet_sdk_logs(args: list[str]) -> None:
 
 USAGE = """\
 usage: python -m worker [runpod flags]      (or: wan-worker ...)
-       python -m worker schema [--markdown]
+       python -m worker schema [--workflow] [--markdown]
+       python -m worker graph JOB.json
        python -m worker models {ensure,status,verify} [NAME ...]
        python -m worker settings [--write]
 
@@ -35,13 +36,14 @@ With no RunPod job API in the environment and a test_input.json in the current f
 and exits 0 on success, 1 on failure.
 
 commands:
-  schema      print the JSON schema of a job's input (--markdown: the README's tables)
+  schema      print the JSON schema of a job's input (--workflow: a workflow job's; --markdown: the README's tables)
+  graph       print the ComfyUI API graph of a built-in job (the job, or its input), for a workflow job
   models      the default model files on the volume: ensure, status, verify (models --help)
   settings    print the settings' documentation (--write: into README.md and .runpod/hub.json)
 
 The settings are environment variables (README.md, "Settings"). -h, --help: this text.
 """
-COMMANDS = ("schema", "models", "settings")
+COMMANDS = ("schema", "models", "settings", "graph")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     if (args[0] if args else "") not in COMMANDS and {"-h", "--help"} & set(args):
         print(USAGE, end="")  # answered before anything imports runpod
         return 0
-    if args == ["schema", "--markdown"]:
+    if args[:1] == ["schema"] and "--markdown" in args:
         from .inputdoc import input_tables
 
-        print(input_tables())
+        print(input_tables(workflow="--workflow" in args))
         return 0
     if args[:1] == ["schema"]:
         from .schema import input_json_schema
 
-        print(json.dumps(input_json_schema(), indent=2, ensure_ascii=False))
+        print(json.dumps(input_json_schema(workflow="--workflow" in args), indent=2, ensure_ascii=False))
         return 0
     if args[:1] == ["settings"]:
         from .settingsdoc import main as settings_main
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from .models.cli import main as models_main
 
         return models_main(args[1:])
+    if args[:1] == ["graph"]:
+        from .passthrough import export_graph
+
+        return export_graph(args[1:], settings)
 
     _quiet_sdk_logs(args)
     import runpod

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -313,11 +314,21 @@ def validation_error(body: dict[str, Any]) -> ComfyValidationError:
         ]
         message = "ComfyUI refused the graph: " + "; ".join(parts)
     else:
-        text = top.get("message") or "the graph was refused"
-        extra_text = top.get("details")
+        info: dict[str, Any] = top["extra_info"] if isinstance(top.get("extra_info"), dict) else {}
+        text, extra_text = top.get("message") or "the graph was refused", top.get("details")
+        if top.get("type") in TOP_MESSAGES:  # in words that name the node and its class, or what is missing
+            text, extra_text = TOP_MESSAGES[str(top["type"])].format_map(defaultdict(str, info)), None
         message = f"ComfyUI refused the graph: {text}" + (f": {extra_text}" if extra_text else "")
-        details.append({"type": top.get("type"), "message": top.get("message"), "details": extra_text})
+        details.append({"type": top.get("type"), "message": text, "details": extra_text})
+        details[-1] |= {k: info[k] for k in ("node_id", "class_type") if k in info}
     return ComfyValidationError(message, details=details)
+
+
+TOP_MESSAGES = {
+    "missing_node_type": "node {node_id!r} has the class {class_type!r}, which this ComfyUI does not have (it "
+    "has ComfyUI's own nodes, no custom ones)",
+    "prompt_no_outputs": "the graph has no output node (SaveImage, SaveVideo ...), so it would save nothing",
+}
 
 
 class Watch:

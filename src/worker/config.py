@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     civitai_token: str = setting("", "Civitai token", basic=True, secret=True)
     """Token for Civitai model URLs that require one; sent only to Civitai, never logged."""
 
+    allow_workflow: bool = setting(True, "Allow workflow jobs")
+    """Run jobs that bring their own ComfyUI graph (`workflow`); `false` refuses them."""
+
     # RunPod and the process
     progress_updates: bool = setting(False, "Progress updates", shown="on when running on RunPod")
     """Send per-step progress through RunPod (a few a second at most)."""

@@ -226,15 +226,20 @@ def encoded_length(size: int) -> int:
 
 
 class JobResult(dict[str, Any]):
-    """A job's result. Its repr shows an inline video as its length: the runpod SDK formats the whole result
-    into DEBUG log lines at every log level, and a repr of the payload would copy it twice per job (70 MB for a
-    50 MB video) and put it in the log whenever DEBUG is on."""
+    """A job's result. Its repr shows an inline video (and a workflow's inline files) as its length: the runpod
+    SDK formats the whole result into DEBUG log lines at every log level, and a repr of the payload would copy it
+    twice per job (70 MB for a 50 MB video) and put it in the log whenever DEBUG is on."""
 
     def __repr__(self) -> str:
-        video = self.get("video")
-        if not isinstance(video, str):
-            return super().__repr__()
-        return repr({**self, "video": f"<{len(video)} base64 characters>"})
+        def brief(v: Any) -> Any:
+            return f"<{len(v)} base64 characters>" if isinstance(v, str) else v
+
+        shown = {key: brief(value) if key == "video" else value for key, value in self.items()}
+        if "outputs" in shown:
+            shown["outputs"] = [
+                {**o, "data": brief(o.get("data"))} if "data" in o else o for o in shown["outputs"]
+            ]
+        return repr(shown)
 
     __str__ = __repr__
 

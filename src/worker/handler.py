@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import cleanup, deliver, framing, graph, media
-from .comfy import ComfyClient, Outcome, OutputFile, Watch
+from .comfy import ComfyClient, Outcome, OutputFile, ProgressCallback, Watch
 from .config import Settings
 from .errors import (
     ComfyUnavailable,
@@ -127,6 +127,10 @@ async def handle_job(
         progress=ProgressReporter(job, enabled=settings.progress_updates, sender=sender),
     )
     try:
+        if isinstance(job.get("input"), dict) and "workflow" in job["input"]:
+            from .passthrough import run_workflow  # the user's own graph
+
+            return await run_workflow(run)
         return await make_video(run)
     except asyncio.CancelledError:
         log.warning("job %s: cancelled; interrupting ComfyUI", job_id)
@@ -228,20 +232,20 @@ def validate(run: JobRun) -> JobInput:
     try:
         return parse_job_input(raw, allow_pickle_models=run.settings.allow_pickle_models)
     except ValidationError as exc:
-        problems = describe_errors(exc)
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise InvalidInput(summary + more, details=problems) from None
+        raise invalid_input(exc) from None
+
+
+def invalid_input(exc: ValidationError) -> InvalidInput:
+    problems = describe_errors(exc)
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return InvalidInput(summary + more, details=problems)
 
 
 async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData, media.ImageData | None]:
     """Start and end images, fetched concurrently."""
     s = run.settings
-    limits = media.ImageLimits(
-        max_bytes=int(s.max_input_image_mb * 1024 * 1024),
-        max_pixels=s.max_input_image_pixels,
-        allow_private_urls=s.allow_private_urls,
-    )
+    limits = image_limits(s)
 
     def load(prefix: str) -> media.ImageData | None:
         return media.load_image(
@@ -257,6 +261,14 @@ async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData, medi
     if start is None:
         raise InvalidInput("a start image is required", details=[{"field": "image_url"}])
     return start, end
+
+
+def image_limits(s: Settings) -> media.ImageLimits:
+    return media.ImageLimits(
+        max_bytes=int(s.max_input_image_mb * 1024 * 1024),
+        max_pixels=s.max_input_image_pixels,
+        allow_private_urls=s.allow_private_urls,
+    )
 
 
 async def upload_images(run: JobRun, start: media.ImageData, end: media.ImageData | None) -> graph.Images:
@@ -287,6 +299,11 @@ def execute(run: JobRun, bound: graph.Graph, job: JobInput) -> Outcome:
                 run.progress.stage("interpolating")
             run.progress.step(value, maximum)
 
+    return run_graph(run, bound, on_progress)
+
+
+def run_graph(run: JobRun, bound: graph.Graph, on_progress: ProgressCallback) -> Outcome:
+    """Queue a graph and follow it to its end (blocking; runs in a thread)."""
     client_id = uuid.uuid4().hex
     with run.client.open_watch(client_id) as watch:
         run.watch = watch

@@ -53,19 +53,26 @@ def _bounds(prop: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _rows(schema: dict[str, Any], names: list[str]) -> list[str]:
+def _rows(schema: dict[str, Any], names: list[str], prefix: str = "") -> list[str]:
     props, required = schema["properties"], schema.get("required", [])
     rows = ["| field | type | default | rule |", "| --- | --- | --- | --- |"]
     for name in names:
         prop = props[name]
         rule = "; ".join(p for p in (prop.get("description", ""), _bounds(prop)) if p)
-        rows.append(f"| `{name}` | {_type(prop)} | {_default(name, prop, required)} | {rule} |")
+        rows.append(f"| `{prefix}{name}` | {_type(prop)} | {_default(name, prop, required)} | {rule} |")
     return rows
 
 
-def input_tables() -> str:
-    """The markdown between the README's input markers."""
-    schema = input_json_schema()
+def input_tables(workflow: bool = False) -> str:
+    """The markdown between the README's input (or workflow) markers."""
+    schema = input_json_schema(workflow)
+    if workflow:  # the workflow job's fields, then those of images[] and models[]
+        parts = (
+            (schema, ""),
+            (schema["$defs"]["WorkflowFile"], "images[]."),
+            (schema["$defs"]["WorkflowModel"], "models[]."),
+        )
+        return "\n\n".join("\n".join(_rows(part, list(part["properties"]), p)) for part, p in parts)
     pair = schema["$defs"]["LoraPair"]
     lines = [
         *_rows(schema, list(FIELD_NAMES)),
@@ -79,8 +86,9 @@ def input_tables() -> str:
     return "\n".join(lines)
 
 
-def readme_section(readme: str) -> str | None:
+def readme_section(readme: str, workflow: bool = False) -> str | None:
     """The README's current copy of the tables, or None when its markers are missing."""
-    if START not in readme or END not in readme:
+    start, end = (m.replace("input", "workflow") if workflow else m for m in (START, END))
+    if start not in readme or end not in readme:
         return None
-    return readme.split(START, 1)[1].split(END, 1)[0].strip("\n")
+    return readme.split(start, 1)[1].split(end, 1)[0].strip("\n")

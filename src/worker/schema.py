@@ -8,6 +8,7 @@ was adjusted, so that the result can say what was used.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
@@ -60,6 +61,7 @@ MAX_OUTPUT_FRAMES = 1601
 frames of 832x480 already take 7.7 GB of RAM."""
 MAX_OUTPUT_FPS = 120.0
 """ComfyUI's CreateVideo takes at most 120 fps."""
+MAX_WORKFLOW_NODES, MAX_WORKFLOW_BYTES, MAX_WORKFLOW_FILES = 1000, 2 * 1024 * 1024, 16
 
 
 def round_to_multiple(value: int, multiple: int) -> int:
@@ -451,6 +453,64 @@ class JobInput(_ModelOverrides):
         return value if isinstance(value, str) else None
 
 
+def check_upload_name(value: str) -> str:
+    if value.startswith(".") or re.search(r"[/\\\x00-\x1f\x7f]", value) or len(value.encode()) > 200:
+        raise ValueError(
+            "must be a file name: no folders or control characters, no leading '.', 200 bytes at most"
+        )
+    return value
+
+
+def check_graph(graph: dict[str, Any]) -> dict[str, Any]:
+    """A ComfyUI API-format graph within bounds, each node an object with ``class_type`` and ``inputs``."""
+    if not 0 < len(graph) <= MAX_WORKFLOW_NODES:
+        raise ValueError(f"must have 1 to {MAX_WORKFLOW_NODES} nodes, got {len(graph)}")
+    if (size := len(json.dumps(graph))) > MAX_WORKFLOW_BYTES:
+        raise ValueError(f"is {size:,} bytes as JSON; at most {MAX_WORKFLOW_BYTES:,} are accepted")
+    for key, node in graph.items():
+        if not (
+            isinstance(node, dict)
+            and isinstance(node.get("class_type"), str)
+            and isinstance(node.get("inputs"), dict)
+        ):
+            raise ValueError(
+                f"node {key!r} must be an object with class_type (a string) and inputs (an object)"
+            )
+    return graph
+
+
+class WorkflowFile(BaseModel, extra="forbid"):
+    name: Annotated[str, AfterValidator(check_upload_name)] = Field(
+        description="the name the graph's LoadImage (LoadVideo) node gives"
+    )
+    image: str = Field(
+        description="an image (PNG, JPEG, WebP) or a video for LoadVideo (MP4, WebM): base64, a data URI, or an "
+        "http(s) URL as image_url; at most MAX_INPUT_IMAGE_MB"
+    )
+
+
+class WorkflowModel(BaseModel, extra="forbid", str_strip_whitespace=True):
+    url: Annotated[str, AfterValidator(check_url_shape)] = Field(description="fetched as the `*_url` fields")
+    folder: Literal[
+        "diffusion_models", "loras", "text_encoders", "vae", "clip_vision", "frame_interpolation"
+    ] = Field(description="ComfyUI's model folder it goes into")
+    name: ModelName = Field(default=None, description="its file name (default: from the URL)")
+
+
+class WorkflowInput(BaseModel, extra="forbid"):
+    """The ``input`` of a workflow job: the user's own ComfyUI graph, run in place of the built-in ones."""
+
+    workflow: Annotated[dict[str, Any], AfterValidator(check_graph)] = Field(
+        description=f"a ComfyUI API-format graph, `{{node_id: {{class_type, inputs}}}}`; at most "
+        f"{MAX_WORKFLOW_NODES} nodes and {MAX_WORKFLOW_BYTES // 2**20} MB as JSON"
+    )
+    images: list[WorkflowFile] = Field(
+        [], max_length=MAX_WORKFLOW_FILES, description="uploaded to ComfyUI first"
+    )
+    models: list[WorkflowModel] = Field([], max_length=MAX_WORKFLOW_FILES, description="downloaded first")
+    output: OutputMode = JobInput.model_fields["output"]  # type: ignore[assignment]
+
+
 REPORTED = (
     "mode",
     "seed",
@@ -481,6 +541,11 @@ FIELD_NAMES: tuple[str, ...] = (
 )
 """Every input field, in the order the README and error messages list them."""
 LORA_FIELD_NAMES: tuple[str, ...] = tuple(LoraPair.model_fields)
+NESTED_FIELDS = {"lora_pairs": LORA_FIELD_NAMES, "images": tuple(WorkflowFile.model_fields)}
+NESTED_FIELDS |= {
+    "models": tuple(WorkflowModel.model_fields),
+    "WorkflowInput": tuple(WorkflowInput.model_fields),
+}
 
 
 def _loc_to_field(loc: tuple[int | str, ...]) -> str:
@@ -502,8 +567,7 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
         kind = err.get("type", "")
         message = str(err.get("msg", "is invalid"))
         if kind == "extra_forbidden":
-            parent = "lora_pairs[]" if len(loc) > 1 and loc[0] == "lora_pairs" else ""
-            allowed = LORA_FIELD_NAMES if parent else FIELD_NAMES
+            allowed = NESTED_FIELDS.get(str(loc[0]) if len(loc) > 1 else exc.title, FIELD_NAMES)
             name = str(loc[-1]) if loc else field
             message = f"unknown field {name!r}; allowed fields are: {', '.join(allowed)}"
         elif kind == "missing":
@@ -521,9 +585,9 @@ def parse_job_input(data: Any, *, allow_pickle_models: bool = False) -> JobInput
     return JobInput.model_validate(data, context={"allow_pickle_models": allow_pickle_models})
 
 
-def input_json_schema() -> dict[str, Any]:
-    """The JSON schema of a job's ``input`` (``python -m worker schema``)."""
-    schema = JobInput.model_json_schema(mode="validation")
+def input_json_schema(workflow: bool = False) -> dict[str, Any]:
+    """The JSON schema of a job's ``input`` (``python -m worker schema [--workflow]``)."""
+    schema = (WorkflowInput if workflow else JobInput).model_json_schema(mode="validation")
     schema.get("properties", {}).pop("adjustments", None)
-    schema["title"] = "wan-worker job input (v1)"
+    schema["title"] = "wan-worker workflow job input (v1)" if workflow else "wan-worker job input (v1)"
     return schema

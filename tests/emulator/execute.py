@@ -13,7 +13,8 @@
   ``executing {"node": null}``.
 * Nodes: the loaders, LoRAs, text encoders and the like pass placeholders on; what reaches the video is real:
   the start (and end) image, the latent's size and frame count (``(w // 8) * 8``, ``((length - 1) // 4) * 4 + 1``),
-  the sampler steps (``min(end_at_step, steps) - start_at_step``), interpolation, fps and SaveVideo's ``crf``.
+  the sampler steps (``min(end_at_step, steps) - start_at_step``), interpolation, fps and SaveVideo's ``crf``; for
+  an image-only workflow job, ImageInvert inverts and SaveImage writes a PNG.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import media
 
@@ -326,17 +327,38 @@ class Executor:
             return (Video(args["images"], float(args["fps"])),), None
         if class_type == "SaveVideo":
             return (args["video"],), await self.save_video(args)
+        if class_type == "ImageInvert":
+            return (ImageOps.invert(args["image"]),), None
+        if class_type == "SaveImage":
+            return (args["images"],), await self.save_image(args)
         return tuple(f"<{kind} of {node_id}>" for kind in core.defs.outputs(class_type)), None
+
+    def output_name(self, prefix: str, extension: str) -> tuple[str, str, str]:
+        """(folder, subfolder, name) of the next file of ``prefix``: ComfyUI's ``<stem>_<counter>_.<ext>``."""
+        subfolder, stem = os.path.split(os.path.normpath(prefix))
+        folder = os.path.join(self.core.dirs["output"], subfolder)
+        os.makedirs(folder, exist_ok=True)
+        taken = [n[len(stem) + 1 :].split("_")[0] for n in os.listdir(folder) if n.startswith(f"{stem}_")]
+        return (
+            folder,
+            subfolder,
+            f"{stem}_{max((int(n) for n in taken if n.isdigit()), default=0) + 1:05}_.{extension}",
+        )
+
+    async def save_image(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        """SaveImage of one picture: a PNG, reported under ``images``."""
+        if self.faults.get("no_output"):
+            return None
+        folder, subfolder, name = self.output_name(str(args["filename_prefix"]), "png")
+        await asyncio.to_thread(args["images"].save, os.path.join(folder, name), "PNG")
+        self.core.stats["outputs"].append(os.path.join(subfolder, name))
+        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
 
     async def save_video(self, args: dict[str, Any]) -> dict[str, Any] | None:
         if self.faults.get("no_output"):
             return None
         video: Video = args["video"]
-        subfolder, stem = os.path.split(os.path.normpath(str(args["filename_prefix"])))
-        folder = os.path.join(self.core.dirs["output"], subfolder)
-        os.makedirs(folder, exist_ok=True)
-        taken = [n[len(stem) + 1 :].split("_")[0] for n in os.listdir(folder) if n.startswith(f"{stem}_")]
-        name = f"{stem}_{max((int(n) for n in taken if n.isdigit()), default=0) + 1:05}_.mp4"
+        folder, subfolder, name = self.output_name(str(args["filename_prefix"]), "mp4")
         crf = args.get("codec.encoding.crf") if args.get("codec.encoding") == "re-encode" else None
         padding = float(self.faults.get("output_padding_mb", 0.0))
         await asyncio.to_thread(

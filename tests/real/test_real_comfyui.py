@@ -7,7 +7,8 @@ In this order, which the tests rely on:
 3. parity: good and broken graphs get the same verdict and the same errors from the emulator;
 4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), LoRA pairs
    with CLIP vision, FILM frame interpolation, a video longer than one context window, a cancel (through a stand-in of RunPod's job
-   API, the only way a cancel reaches a worker), and twenty jobs in a row.
+   API, the only way a cancel reaches a worker), workflow jobs (an image-only graph, a built-in job's exported
+   graph, hostile graphs), and twenty jobs in a row.
 
 Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
 a minute per 512-token prompt on two CPU cores) and keeps the encoding for the jobs after.
@@ -540,6 +541,109 @@ def test_a_job_s3config_puts_its_video_in_that_bucket(
     video = requests.get(out["video_url"], timeout=10).content
     check_video({**out, "video": base64.b64encode(video).decode()}, frames=9)
     assert secret not in json.dumps(posted) + worker.log()
+
+
+# --------------------------------------------------------------------------------------------- workflow jobs
+IMAGE_GRAPH = {
+    "load": {"class_type": "LoadImage", "inputs": {"image": "wf_input.png"}},
+    "invert": {"class_type": "ImageInvert", "inputs": {"image": ["load", 0]}},
+    "save": {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["invert", 0], "filename_prefix": "wf/inverted"},
+    },
+}
+
+
+def workflow_job(graph: dict[str, Any] = IMAGE_GRAPH, **fields: Any) -> dict[str, Any]:
+    """A job as worker-comfyui's clients send it: an API-format graph, and the image its LoadImage names."""
+    images = [{"name": "wf_input.png", "image": START}]
+    return {"workflow": graph, "images": images, "output": "base64", **fields}
+
+
+def decoded_frames(video_b64: str) -> list[Any]:
+    import base64
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(base64.b64decode(video_b64))) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_a_worker_comfyui_style_image_graph_returns_the_png(local_api: LocalApi) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    body = local_api.runsync(workflow_job(), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    [out] = body["output"]["outputs"]
+    assert (out["node_id"], out["mime_type"]) == ("save", "image/png") and "video" not in body["output"]
+    with Image.open(io.BytesIO(base64.b64decode(out["data"]))) as png:
+        assert png.format == "PNG" and png.size == (128, 128)
+        pixel = png.convert("RGB").getpixel((0, 0))
+        assert isinstance(pixel, tuple), pixel
+        # 1 - x in floats, then 8 bits again: within one level of 255 - (200, 60, 30)
+        assert all(abs(a - b) <= 1 for a, b in zip(pixel, (55, 195, 225), strict=True)), pixel
+
+
+def test_the_exported_built_in_graph_makes_the_built_in_frames(
+    local_api: LocalApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from worker.__main__ import main
+
+    built_in = job(seed=31)
+    body = local_api.runsync(built_in, timeout=FIRST_JOB_S)
+    assert body["status"] == "COMPLETED", body
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"input": built_in}))
+    assert main(["graph", str(path)]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    images = [{"name": "start.png", "image": START}]
+    again = local_api.runsync({"workflow": exported, "images": images, "output": "base64"}, timeout=JOB_S)
+    assert again["status"] == "COMPLETED", again
+    out = again["output"]
+    assert out["outputs"][0]["node_id"] == "save_video" and out["mime_type"] == "video/mp4"
+    reference, frames = decoded_frames(body["output"]["video"]), decoded_frames(out["video"])
+    assert len(frames) == len(reference) == 9
+    assert all((a == b).all() for a, b in zip(frames, reference, strict=True)), "the frames differ"
+
+
+HOSTILE_WORKFLOWS: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown_class": (
+        workflow_job({**IMAGE_GRAPH, "odd": {"class_type": "NoSuchNode", "inputs": {"image": ["load", 0]}}}),
+        "node 'odd' has the class 'NoSuchNode'",
+    ),
+    "no_output": (
+        workflow_job({k: v for k, v in IMAGE_GRAPH.items() if k != "save"}),
+        "the graph has no output node",
+    ),
+    "huge": (
+        workflow_job(
+            {str(i): {"class_type": "ImageInvert", "inputs": {"image": ["load", 0]}} for i in range(5000)}
+        ),
+        "must have 1 to 1000 nodes, got 5000",
+    ),
+    "path_trick": (
+        {**workflow_job(), "images": [{"name": "../../escape.png", "image": START}]},
+        "images[0].name: must be a file name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_WORKFLOWS)
+def test_a_hostile_workflow_gets_a_clear_error_and_the_next_job_runs(
+    comfyui: RealComfyUI, local_api: LocalApi, case: str
+) -> None:
+    request, words = HOSTILE_WORKFLOWS[case]
+    body = local_api.runsync(request, timeout=JOB_S)
+    assert body["status"] == "FAILED" and words in body.get("error", ""), body
+    assert not list(comfyui.input_dir.parent.rglob("escape.png")), "a file escaped ComfyUI's input folder"
+    after = local_api.runsync(workflow_job(), timeout=JOB_S)
+    assert after["status"] == "COMPLETED", after
 
 
 @pytest.mark.timeout(20 * JOB_S)
