@@ -152,7 +152,8 @@ class Settings(BaseSettings):
     allow_cpu: bool = setting(False, "Allow CPU")
     """Let the worker take jobs when ComfyUI reports no CUDA device (testing only); else the start check refuses."""
     warmup: bool = setting(False, "Warm up")
-    """Run a tiny job before the first one, so that it finds the models loaded (README, "Performance")."""
+    """Run a tiny job before taking jobs, so that the first finds the models loaded: worth it for active
+    (pre-scaled) workers and FlashBoot, not for a worker started by the job it serves (README, "Performance")."""
     warmup_timeout_s: float = setting(600.0, "Warm-up deadline (s)", ge=1)
     """The warm-up's deadline; past it the warm-up is stopped and the worker takes jobs anyway."""
     progress_updates: bool = setting(False, "Progress updates", shown="on when running on RunPod")
