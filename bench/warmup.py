@@ -40,6 +40,7 @@ JOB = {
 def first_job(
     comfy_env: ComfyEnv, volume: Path, work: Path, warmup: bool, timeout_s: float
 ) -> dict[str, float]:
+    (work / "comfyui").mkdir()
     comfyui = RealComfyUI(comfy_env, volume, work / "comfyui")
     comfyui.start()
     try:
