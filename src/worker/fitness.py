@@ -34,7 +34,7 @@ def checks(settings: Settings) -> list[Callable[[], object]]:
 
     def volume_writable() -> None:
         (folder := settings.volume_root / ".wan-worker").mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=folder, prefix="fitness-").close()  # written, then deleted
+        tempfile.NamedTemporaryFile(dir=folder, prefix="fitness-").close()  # created, then deleted
 
     def default_models() -> None:
         """By size only: hashing the 37 GB of default models at every start would take minutes."""
