@@ -56,6 +56,7 @@ LONGEST_FIRST = (
     "tests/container/test_start_sh_e2e.py",
     "tests/client/test_local_api.py",
     "tests/faults/test_production_cancel.py",
+    "tests/faults/test_fitness.py",
 )
 """Files that take the longest, started first so that the rest of the suite fills in around them."""
 

@@ -87,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_sdk_logs(args)
     import runpod
 
+    from .fitness import checks
     from .handler import handler
     from .memory import retain_freed_memory
 
     retain_freed_memory(settings.retain_freed_memory_mb * 1024 * 1024)
+    for check in checks(settings):  # run by the SDK on RunPod only, before the first job
+        runpod.serverless.register_fitness_check(check)
 
     sys.argv = [sys.argv[0], *args]
     runpod.serverless.start({"handler": handler})

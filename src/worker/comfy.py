@@ -131,6 +131,10 @@ class ComfyClient:
                 time.sleep(min(delay, timeout_s - waited))
             delay = min(delay * 2, 0.05)
 
+    def system_stats(self) -> dict[str, Any]:
+        """``GET /system_stats``: ComfyUI's version and its ``devices`` (each with a ``type``: cuda, cpu ...)."""
+        return _json_or_empty(self._request("GET", "/system_stats"))
+
     def list_models(self, folder: str) -> list[str] | None:
         """The files ComfyUI sees in a model folder (``GET /models/<folder>``); None if it cannot say."""
         response = self._request("GET", f"/models/{quote(folder)}")

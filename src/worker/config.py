@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     comfy_port: int = setting(8188, "ComfyUI port", ge=1)
     """ComfyUI's port."""
     comfy_start_timeout_s: float = setting(600.0, "ComfyUI start deadline (s)", ge=0)
-    """How long a job, and start.sh, waits for ComfyUI to answer (start.sh then exits non-zero)."""
+    """How long a job, start.sh and the start check wait for ComfyUI to answer (then they fail)."""
     comfy_idle_timeout_s: float = setting(900.0, "ComfyUI silence limit (s)", ge=0.1)
     """A job fails with `timeout` when ComfyUI sends nothing for this long."""
     job_timeout_s: float = setting(3600.0, "Job timeout (s)", ge=1)
@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     """Run jobs that bring their own ComfyUI graph (`workflow`); `false` refuses them."""
 
     # RunPod and the process
+    allow_cpu: bool = setting(False, "Allow CPU")
+    """Let the worker take jobs when ComfyUI reports no CUDA device (testing only); else the start check refuses."""
+    warmup: bool = setting(False, "Warm up")
+    """Run a tiny job before taking jobs, so that the first finds the models loaded: worth it for active
+    (pre-scaled) workers and FlashBoot, not for a worker started by the job it serves (README, "Performance")."""
+    warmup_timeout_s: float = setting(600.0, "Warm-up deadline (s)", ge=1)
+    """The warm-up's deadline; past it the warm-up is stopped and the worker takes jobs anyway."""
     progress_updates: bool = setting(False, "Progress updates", shown="on when running on RunPod")
     """Send per-step progress through RunPod (a few a second at most)."""
     log_level: LogLevel = setting("INFO", "Log level")

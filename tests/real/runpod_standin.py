@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
 import threading
 import time
 import uuid
@@ -35,6 +36,8 @@ class RunpodStandin:
         self.results: dict[str, dict[str, Any]] = {}
         self.progress: dict[str, list[dict[str, Any]]] = {}
         self.pings = 0
+        self.unhealthy: list[dict[str, list[str]]] = []
+        """The query of each ping that reported a failed start check (``status=unhealthy``, ``check``, ``reason``)."""
         self.take_polls = 0
         self._done = threading.Condition()
         self._server = HttpServer()
@@ -111,6 +114,8 @@ class RunpodStandin:
 
     def _ping(self, request: Request) -> Route:
         self.pings += 1
+        if request.query.get("status") == ["unhealthy"]:
+            self.unhealthy.append(request.query)
         return json_route({})
 
     def _job_done(self, request: Request) -> Route:
@@ -149,6 +154,15 @@ class ProductionWorker(WorkerProcess):
                     f"the worker did not ask for a job within {timeout_s:.0f} s:\n{self.log()}"
                 )
             time.sleep(0.1)
+
+    def wait_refused(self, timeout_s: float = 60.0) -> str:
+        """Until the worker exits, as it does when a start check fails; returns its log."""
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker still runs after {timeout_s:.0f} s:\n{self.log()}") from None
+        assert code != 0, f"the worker exited with code 0:\n{self.log()}"
+        return self.log()
 
 
 def production_env(base: Mapping[str, str], standin: RunpodStandin) -> dict[str, str]:

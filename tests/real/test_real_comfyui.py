@@ -50,7 +50,7 @@ from .comfy_env import (
 )
 from .comfyui_server import CACHE_MODE, RealComfyUI, describe_refusal
 from .runpod_standin import ProductionWorker, RunpodStandin, production_env
-from .tiny_models import default_names, validation_lora, validation_name
+from .tiny_models import default_names, tiny_manifest, validation_lora, validation_name
 
 pytestmark = [pytest.mark.real_comfyui, pytest.mark.timeout(1800)]
 """A test that is the first to need ComfyUI also pays for its setup: the environment's first build (about two
@@ -466,6 +466,15 @@ def test_a_lower_crf_gives_a_larger_file_of_the_same_frames(local_api: LocalApi)
     assert sizes[8] > sizes[40], sizes
 
 
+def fit_env(comfyui: RealComfyUI, folder: Path) -> dict[str, str]:
+    """What lets a worker pass its start check here: CPU allowed, the tiny models' sizes as the manifest's."""
+    return {
+        **comfyui.worker_env(),
+        "ALLOW_CPU": "true",
+        "MODELS_MANIFEST": str(tiny_manifest(comfyui.volume, folder)),
+    }
+
+
 @pytest.fixture(scope="module")
 def production_worker(
     comfyui: RealComfyUI, tmp_path_factory: pytest.TempPathFactory
@@ -473,13 +482,32 @@ def production_worker(
     """``python -m worker`` as on RunPod, taking its jobs from a stand-in of RunPod's job API."""
     logs = tmp_path_factory.mktemp("production_worker")
     with RunpodStandin() as standin:
-        env = production_env(comfyui.worker_env(), standin)
+        env = production_env(fit_env(comfyui, logs), standin)
         worker = ProductionWorker(env, cwd=logs, log_path=logs / "worker.log")
         try:
             worker.wait_polling(standin)
             yield standin, worker
         finally:
             worker.stop()
+
+
+def test_the_start_check_refuses_this_cpu_comfyui_unless_cpu_is_allowed(
+    comfyui: RealComfyUI, production_worker: tuple[RunpodStandin, ProductionWorker], tmp_path: Path
+) -> None:
+    _, accepted = production_worker
+    assert "Running 4 fitness check(s)" in accepted.log()
+    assert "All fitness checks passed" in accepted.log()
+    with RunpodStandin() as standin:
+        env = production_env({**fit_env(comfyui, tmp_path), "ALLOW_CPU": "false"}, standin)
+        refused = ProductionWorker(env, cwd=tmp_path, log_path=tmp_path / "worker.log")
+        try:
+            log = refused.wait_refused()
+        finally:
+            refused.stop()
+    assert "Fitness check failed: cuda_device | RuntimeError: ComfyUI reports no CUDA device" in log
+    assert "(devices: ['cpu'])" in log
+    assert standin.take_polls == 0
+    assert standin.unhealthy[0]["check"] == ["cuda_device"]
 
 
 def wait_for_sampling(comfyui: RealComfyUI, since: int, total: int, timeout_s: float) -> None:

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from worker.models import FOLDER_KINDS, default_names, roles
+from worker.models.volume import target_path
 from worker.schema import MAX_LORA_PAIRS
 
 from .comfy_env import REPO, ComfyEnv, SetupError, build_once, cache_dir
@@ -60,6 +61,17 @@ def ensure_volume(env: ComfyEnv) -> Path:
             raise SetupError(f"making the tiny models failed (exit {done.returncode}):\n{tail}")
 
     return build_once(final, key, build, what="the tiny models")
+
+
+def tiny_manifest(volume: Path, into: Path) -> Path:
+    """The packaged manifest with the sizes of the tiny files, for ``MODELS_MANIFEST``: the start check compares
+    the volume's default models with it (by size), as it compares the real ones with the packaged manifest."""
+    data = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    for entry in data["files"]:
+        if (path := target_path(volume, entry["kind"], entry["name"])).is_file():
+            entry["size"] = path.stat().st_size
+    (manifest := into / "tiny_manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    return manifest
 
 
 def validation_name(role: str) -> str:
