@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -89,9 +89,7 @@ class ComfyClient:
         self.timeout_s = timeout_s
         self.session = session or requests.Session()
         self.session.trust_env = False
-        parts = urlsplit(self.base_url)
-        ws_scheme = "wss" if parts.scheme == "https" else "ws"
-        self.ws_base = f"{ws_scheme}://{parts.netloc}{parts.path}"
+        self.ws_base = "ws" + self.base_url.removeprefix("http")  # http: ws, https: wss
 
     # ------------------------------------------------------------------------------------------ HTTP
 
@@ -114,8 +112,7 @@ class ComfyClient:
 
     def wait_ready(self, timeout_s: float, *, cancel: threading.Event | None = None) -> float:
         """Wait until ComfyUI answers; returns the seconds waited. Polls with a short, growing interval."""
-        started = time.monotonic()
-        delay = 0.02
+        started, delay, cancel = time.monotonic(), 0.02, cancel or threading.Event()
         while True:
             if self.is_ready():
                 return time.monotonic() - started
@@ -125,10 +122,8 @@ class ComfyClient:
                     f"ComfyUI at {self.base_url} did not become ready within {timeout_s:.0f} s "
                     "(COMFY_START_TIMEOUT_S)"
                 )
-            if cancel is not None and cancel.wait(min(delay, timeout_s - waited)):
+            if cancel.wait(min(delay, timeout_s - waited)):
                 raise JobCancelled("the job was cancelled while waiting for ComfyUI")
-            if cancel is None:
-                time.sleep(min(delay, timeout_s - waited))
             delay = min(delay * 2, 0.05)
 
     def system_stats(self) -> dict[str, Any]:
@@ -178,8 +173,7 @@ class ComfyClient:
         response = self._request("GET", f"/history/{quote(prompt_id)}")
         if response.status_code != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to GET /history")
-        body = _json_or_empty(response)
-        entry = body.get(prompt_id)
+        entry = _json_or_empty(response).get(prompt_id)
         return entry if isinstance(entry, dict) else None
 
     def read_output(self, output: OutputFile, sink: OutputSink, *, chunk_size: int = READ_CHUNK) -> int:
@@ -196,10 +190,11 @@ class ComfyClient:
                 raise NoOutput(
                     f"ComfyUI answered HTTP {response.status_code} to /view for {output.filename!r}"
                 )
-            declared = response.headers.get("content-length", "")
-            size = (
-                int(declared) if declared.isdigit() and not response.headers.get("content-encoding") else None
+            declared, encoded = (
+                response.headers.get("content-length", ""),
+                response.headers.get("content-encoding"),
             )
+            size = int(declared) if declared.isdigit() and not encoded else None
             sink.expect(size)
             response.raw.decode_content = True  # a server that compressed anyway: hand on the file's bytes
             buffer_size = chunk_size if size is None else max(1, min(chunk_size, size))
@@ -210,9 +205,8 @@ class ComfyClient:
 
     def fetch_output(self, output: OutputFile) -> bytearray:
         """Read one output file through ``GET /view`` into memory."""
-        collected = _Collect()
-        self.read_output(output, collected)
-        return collected.buffer
+        self.read_output(output, collected := _Collect())
+        return collected
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop the running prompt (only ``prompt_id`` where ComfyUI supports targeting it)."""
@@ -241,17 +235,14 @@ class ComfyClient:
         return Watch(self, client_id or uuid.uuid4().hex)
 
 
-class _Collect:
+class _Collect(bytearray):
     """A sink that keeps the whole file in one growing buffer."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
 
     def expect(self, size: int | None) -> None:
         pass
 
     def write(self, chunk: memoryview) -> None:
-        self.buffer += chunk
+        self.extend(chunk)
 
 
 def _stream_into(response: requests.Response, sink: OutputSink, chunk_size: int, name: str) -> int:
@@ -296,18 +287,10 @@ def validation_error(body: dict[str, Any]) -> ComfyValidationError:
             for err in node.get("errors") or []:
                 if not isinstance(err, dict):
                     continue
-                extra = err.get("extra_info") or {}
-                details.append(
-                    {
-                        "node_id": str(node_id),
-                        "class_type": node.get("class_type"),
-                        "type": err.get("type"),
-                        "message": err.get("message"),
-                        "details": err.get("details"),
-                        "input_name": extra.get("input_name") if isinstance(extra, dict) else None,
-                        "received_value": extra.get("received_value") if isinstance(extra, dict) else None,
-                    }
-                )
+                extra = err["extra_info"] if isinstance(err.get("extra_info"), dict) else {}
+                detail = {"node_id": str(node_id), "class_type": node.get("class_type")}
+                detail |= {key: err.get(key) for key in ("type", "message", "details")}
+                details.append(detail | {key: extra.get(key) for key in ("input_name", "received_value")})
     raw_top = body.get("error")
     top: dict[str, Any] = raw_top if isinstance(raw_top, dict) else {}
     if details:
@@ -343,8 +326,7 @@ class Watch:
         self.client_id = client_id
         self._aborted = threading.Event()
         self._lock = threading.Lock()
-        self._ws: websocket.WebSocket | None = None
-        self._ws = self._connect()
+        self._ws: websocket.WebSocket | None = self._connect()
 
     def _connect(self) -> websocket.WebSocket:
         url = f"{self.client.ws_base}/ws?clientId={quote(self.client_id)}"
@@ -439,19 +421,13 @@ class Watch:
                 opcode, data = ws.recv_data()
             except websocket.WebSocketTimeoutException:
                 if deadline - time.monotonic() <= 0:
-                    raise JobTimeout(
-                        "the job passed its deadline (JOB_TIMEOUT_S) while ComfyUI was running it"
-                    ) from None
+                    continue  # the deadline, said above
                 raise JobTimeout(
                     f"ComfyUI sent nothing for {idle_timeout_s:.0f} s (COMFY_IDLE_TIMEOUT_S); it may be hung"
                 ) from None
-            except (OSError, websocket.WebSocketException) as exc:
-                if self._aborted.is_set():
-                    raise JobCancelled("the job was cancelled") from None
+            except (OSError, websocket.WebSocketException) as exc:  # :meth:`wait` tells a cancel from a drop
                 raise _SocketDropped() from exc
             if opcode == websocket.ABNF.OPCODE_CLOSE or (opcode == websocket.ABNF.OPCODE_TEXT and not data):
-                if self._aborted.is_set():
-                    raise JobCancelled("the job was cancelled")
                 raise _SocketDropped()
             if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue  # binary preview frames
@@ -526,37 +502,27 @@ def execution_error(data: dict[str, Any]) -> ComfyExecutionError:
     node_id, node_type = data.get("node_id"), data.get("node_type")
     exception = str(data.get("exception_message") or "").strip()
     kind = data.get("exception_type") or "error"
+    details = dict(node_id=node_id, node_type=node_type, exception_type=kind, exception_message=exception)
     return ComfyExecutionError(
-        f"node {node_id!r} ({node_type}) failed: {kind}: {exception}",
-        details=[
-            {
-                "node_id": node_id,
-                "node_type": node_type,
-                "exception_type": kind,
-                "exception_message": exception,
-            }
-        ],
+        f"node {node_id!r} ({node_type}) failed: {kind}: {exception}", details=[details]
     )
 
 
 def parse_outputs(outputs: dict[str, Any]) -> list[OutputFile]:
     """Every file named in a history entry's ``outputs`` (SaveVideo files come under ``images``)."""
-    files: list[OutputFile] = []
-    for node_id, node_out in outputs.items():
-        if not isinstance(node_out, dict):
-            continue
-        for key in ("images", "videos", "gifs"):
-            for item in node_out.get(key) or []:
-                if isinstance(item, dict) and item.get("filename"):
-                    files.append(
-                        OutputFile(
-                            node_id=str(node_id),
-                            filename=str(item["filename"]),
-                            subfolder=str(item.get("subfolder") or ""),
-                            type=str(item.get("type") or "output"),
-                        )
-                    )
-    return files
+    return [
+        OutputFile(
+            str(node_id),
+            str(item["filename"]),
+            str(item.get("subfolder") or ""),
+            str(item.get("type") or "output"),
+        )
+        for node_id, node_out in outputs.items()
+        if isinstance(node_out, dict)
+        for key in ("images", "videos", "gifs")
+        for item in node_out.get(key) or []
+        if isinstance(item, dict) and item.get("filename")
+    ]
 
 
 class _SocketDropped(Exception):
