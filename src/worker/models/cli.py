@@ -62,7 +62,6 @@ def ensure(manifest: Manifest, settings: Settings) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m worker models", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("ensure", "status", "verify"))
     parser.add_argument("names", nargs="*", metavar="NAME", help="only these files (names or roles)")
@@ -76,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest = tuple(e for e in manifest if not only or e.name in only or e.role in only)
     if args.command == "ensure":
         return 0 if ensure(manifest, settings) else 1

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from ..config import Settings
 from ..errors import InvalidInput, JobCancelled, ModelDownloadFailed, WorkerError
-from ..netsafe import Resolver, make_session, redact_url, system_resolver
+from ..netsafe import Resolver, redact_url, system_resolver
 from . import policy, sources, volume
 from .manifest import Manifest, find, load_manifest
 from .names import SAFE_EXTENSIONS
@@ -89,12 +89,6 @@ class Context:  # one job's (or ``models ensure``'s) fetching; tests shorten the
     def say(self, message: str, *args: object, level: int = logging.INFO) -> None:
         log.log(level, (f"[job {self.job_id}] " if self.job_id else "") + message, *args)
 
-    @contextmanager
-    def opener(self, url: str, field: str) -> Iterator[policy.Opener]:
-        settings, resolver = self.settings, self.resolver
-        with make_session(allow_private=settings.allow_private_urls, pool_size=2) as session:
-            yield policy.make_opener(url, field=field, settings=settings, session=session, resolver=resolver)
-
 
 def _ready(target: Target, ctx: Context, verify: bool, locked: bool) -> Action | None:
     """How the file is usable already, or None. With ``verify``, and the lock, a file never hashed is hashed."""
@@ -130,7 +124,7 @@ def _complete(target: Target, ctx: Context, remote: tuple[int | None, str | None
     if remote is None and source is not None:
         remote = sources.hub_metadata(source, ctx.settings, target.label)
     elif remote is None:
-        with ctx.opener(target.url, target.field) as opener:
+        with policy.opener(target.url, target.field, ctx.settings, ctx.resolver) as opener:
             remote = sources.probe(opener, target.label, ctx.retry)[::3]
     size, sha256 = remote
     policy.check_size(size, field=target.field, url=target.url, settings=ctx.settings)
@@ -155,7 +149,7 @@ def _download(target: Target, staging: Path, ctx: Context) -> tuple[Path, str]:
         part = sources.from_hub(source, staging, meter, settings, target.label)
         sha256 = volume.verify_file(part, record=False)  # huggingface_hub does not check what HTTP brought
     else:
-        with ctx.opener(target.url, target.field) as opener:
+        with policy.opener(target.url, target.field, ctx.settings, ctx.resolver) as opener:
             part = staging / name
             sha256 = sources.from_host(opener, part, meter, target.label, target.size, ctx.retry)
     if target.sha256 not in (None, sha256):
@@ -249,7 +243,7 @@ def _ensure_url(ref: ModelRef, ctx: Context) -> str:
             return _claim(ctx, ref, path.name)
     probed, label = None, f"{ref.field} ({redact_url(ref.url)})"
     if not sources.hub_file(ref.url):
-        with ctx.opener(ref.url, ref.field) as opener:
+        with policy.opener(ref.url, ref.field, ctx.settings, ctx.resolver) as opener:
             probed = sources.probe(opener, label, ctx.retry)
     _, disposition, final_url, _ = probed or (None, None, ref.url, None)
     name = ref.name or policy.derive_name(ref.field, ref.url, final_url, disposition, ctx.settings)

@@ -78,11 +78,8 @@ def wanted(files: ModelFiles, job: JobInput) -> Iterator[tuple[str, str, str]]:
 def missing_model(field: str, kind: str, name: str, *, named_by_job: bool) -> ModelMissing:
     folder = FOLDER_KINDS.get(kind, kind)
     hint = "the default models are fetched by `python -m worker models ensure` (start.sh runs it)"
-    hint = (
-        f"put the file there, or give {field.removesuffix('_url')}_url to download it"
-        if named_by_job
-        else hint
-    )
+    if named_by_job:
+        hint = f"put the file there, or give {field.removesuffix('_url')}_url to download it"
     where = f"the volume folder {folder}/ (ComfyUI folder {kind})"
     details = [{"field": field, "file": name, "folder": f"{folder}/", "comfy_folder": kind}]
     return ModelMissing(f"{field}: the model file {name!r} was not found in {where}; {hint}", details=details)

@@ -69,7 +69,6 @@ def parse_manifest(data: Any) -> Manifest:
 
 @functools.cache
 def load_manifest(path: Path | None = None) -> Manifest:
-    """The manifest at ``path``, or the packaged one."""
     try:
         packaged = resources.files(__package__).joinpath("manifest.json")
         return parse_manifest(json.loads((path or packaged).read_text("utf-8")))
@@ -78,7 +77,6 @@ def load_manifest(path: Path | None = None) -> Manifest:
 
 
 def manifest_from_env(env: Mapping[str, str]) -> Manifest:
-    """The manifest named by ``MODELS_MANIFEST``, or the packaged one."""
     return load_manifest(Path(env[MANIFEST_ENV].strip()) if env.get(MANIFEST_ENV, "").strip() else None)
 
 

@@ -4,7 +4,8 @@ hf.co, CIVITAI_TOKEN to civitai.com), over https."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from pathlib import PurePosixPath
@@ -14,7 +15,7 @@ import requests
 
 from ..config import Settings
 from ..errors import UrlNotAllowed
-from ..netsafe import Resolver, check_url, open_checked, redact_url
+from ..netsafe import Resolver, check_url, make_session, open_checked, redact_url
 from . import names
 
 Opener = Callable[[Mapping[str, str]], requests.Response]
@@ -23,7 +24,6 @@ TOKEN_HOSTS = {"huggingface.co": "hf_token", "hf.co": "hf_token", "civitai.com":
 
 
 def check_name(name: str, *, field: str, settings: Settings) -> str:
-    """``name`` if it passes the rule of :mod:`.names`, else :class:`UrlNotAllowed` saying what is wrong."""
     if problem := names.name_problem(name, allow_pickle=settings.allow_pickle_models):
         shown = name[: names.MAX_NAME_BYTES]
         message = f"{field}: the file name {shown!r} {problem}; model file names are {names.RULE}"
@@ -83,7 +83,6 @@ def check_url_rules(url: str, *, field: str, settings: Settings) -> None:
 
 
 def check_model_url(url: str, *, field: str, settings: Settings, resolver: Resolver) -> None:
-    """Every rule a model URL must pass before a request: scheme, host list, public address."""
     check_url_rules(url, field=field, settings=settings)
     allowed, private = schemes(settings), settings.allow_private_urls
     check_url(url, field=field, schemes=allowed, allow_private=private, resolver=resolver)
@@ -104,23 +103,19 @@ def auth_headers(url: str, settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def make_opener(
-    url: str, *, field: str, settings: Settings, session: requests.Session, resolver: Resolver
-) -> Opener:
+@contextmanager
+def opener(url: str, field: str, settings: Settings, resolver: Resolver) -> Iterator[Opener]:
     """GETs ``url`` with extra headers: every redirect checked against the rules, tokens only to their own hosts."""
-    timeout = (min(10.0, settings.model_read_timeout_s), settings.model_read_timeout_s)
-
-    def opener(headers: Mapping[str, str]) -> requests.Response:
-        return open_checked(
+    read_s, private = settings.model_read_timeout_s, settings.allow_private_urls
+    with make_session(allow_private=private, pool_size=2) as session:
+        yield lambda headers: open_checked(
             session,
             url,
             field=field,
-            timeout=timeout,
+            timeout=(min(10.0, read_s), read_s),
             schemes=schemes(settings),
-            allow_private=settings.allow_private_urls,
+            allow_private=private,
             resolver=resolver,
             headers_for=lambda hop: {**headers, **auth_headers(hop, settings)},
             extra_check=lambda hop: check_host(hop, field=field, settings=settings),
         )
-
-    return opener

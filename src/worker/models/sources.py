@@ -123,7 +123,6 @@ class Retry:
     backoff_s: float = 1.0
 
     def call(self, action: Callable[[], T], label: str) -> T:
-        """``action()``, tried again after a retryable failure, ``attempts`` times at most, with backoff."""
         backoff = self.backoff_s
         wait = tenacity.wait_exponential_jitter(multiplier=backoff, max=30 * backoff, jitter=backoff)
         retry, stop = tenacity.retry_if_exception_type(RETRYABLE), tenacity.stop_after_attempt(self.attempts)
