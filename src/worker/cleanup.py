@@ -43,11 +43,9 @@ def remove_job_files(
         for name in uploads:
             _remove_inside(input_dir, name, job_id)
     if output_dir is not None:
-        for out in outputs:
-            if out.type == "output":
-                _remove_inside(
-                    output_dir, f"{out.subfolder}/{out.filename}" if out.subfolder else out.filename, job_id
-                )
+        for out in (o for o in outputs if o.type == "output"):
+            relative = f"{out.subfolder}/{out.filename}" if out.subfolder else out.filename
+            _remove_inside(output_dir, relative, job_id)
 
 
 CANCEL_WAIT_S = 10.0

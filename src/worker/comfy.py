@@ -154,8 +154,7 @@ class ComfyClient:
 
     def queue_prompt(self, graph: dict[str, Any], *, client_id: str) -> str:
         """Queue a graph; a refused graph raises :class:`ComfyValidationError` with ComfyUI's node errors."""
-        payload: dict[str, Any] = {"prompt": graph, "client_id": client_id}
-        response = self._request("POST", "/prompt", json=payload)
+        response = self._request("POST", "/prompt", json={"prompt": graph, "client_id": client_id})
         if response.status_code == 400:
             raise validation_error(_json_or_empty(response))
         if response.status_code != 200:

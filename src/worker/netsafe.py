@@ -57,9 +57,7 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or ""
     query = "<redacted>" if parts.query else ""
     return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
@@ -78,12 +76,10 @@ def check_url(
         port = parts.port
     except ValueError as exc:
         raise UrlNotAllowed(f"{field} is not a valid URL ({exc})", details=[{"field": field}]) from None
-    allowed = tuple(schemes)
+    allowed, where = tuple(schemes), [{"field": field, "url": redact_url(url)}]
     if parts.scheme.lower() not in allowed:
-        raise UrlNotAllowed(
-            f"{field} must use {' or '.join(allowed)}, not {parts.scheme or 'no scheme'!r}",
-            details=[{"field": field, "url": redact_url(url)}],
-        )
+        message = f"{field} must use {' or '.join(allowed)}, not {parts.scheme or 'no scheme'!r}"
+        raise UrlNotAllowed(message, details=where)
     host = parts.hostname
     if not host:
         raise UrlNotAllowed(f"{field} has no host", details=[{"field": field}])
@@ -93,19 +89,13 @@ def check_url(
     try:
         addresses = list(resolver(host, port or default_port))
     except (OSError, UnicodeError) as exc:
-        raise UrlNotAllowed(
-            f"{field}: the host {host!r} could not be resolved ({exc.__class__.__name__})",
-            details=[{"field": field, "url": redact_url(url)}],
-        ) from None
+        message = f"{field}: the host {host!r} could not be resolved ({exc.__class__.__name__})"
+        raise UrlNotAllowed(message, details=where) from None
     if not addresses:
         raise UrlNotAllowed(f"{field}: the host {host!r} has no address", details=[{"field": field}])
-    bad = [a for a in addresses if not is_public_address(a)]
-    if bad:
-        raise UrlNotAllowed(
-            f"{field}: the host {host!r} resolves to a non-public address ({bad[0]}); only public "
-            "internet addresses may be fetched",
-            details=[{"field": field, "url": redact_url(url)}],
-        )
+    if bad := [a for a in addresses if not is_public_address(a)]:
+        message = f"{field}: the host {host!r} resolves to a non-public address ({bad[0]}); only public "
+        raise UrlNotAllowed(message + "internet addresses may be fetched", details=where)
 
 
 class _PeerCheckMixin:
@@ -155,11 +145,8 @@ def make_session(*, allow_private: bool = False, pool_size: int = 10) -> request
     """A session for user-named URLs: environment proxies ignored, peers checked unless ``allow_private``."""
     session = requests.Session()
     session.trust_env = False
-    adapter: HTTPAdapter = (
-        HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-        if allow_private
-        else PublicOnlyAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-    )
+    kind = HTTPAdapter if allow_private else PublicOnlyAdapter
+    adapter = kind(pool_connections=pool_size, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

@@ -4,8 +4,7 @@
 back to back can arrive out of order, even after the result. One background thread per job sends them: a new
 stage ``stage_interval_s`` after the last update, so that even a job of a second shows every stage, and more
 of the same stage (steps, bytes) at most one per ``min_interval_s``. An update that comes sooner waits for its
-turn, and is never dropped: while
-it waits, a newer update of the same stage takes its place (the latest step or byte count wins), and an update
+turn, and is never dropped: while it waits, a newer update of the same stage takes its place (the latest step or byte count wins), and an update
 of another stage queues behind it, so that every stage is sent, in order. ``close()`` discards whatever still
 waits: the result is on its way.
 """
@@ -16,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 log = logging.getLogger("worker.progress")
@@ -29,34 +29,28 @@ def runpod_sender(job: dict[str, Any], update: dict[str, Any]) -> None:
     progress_update(job, update)
 
 
+@dataclass(eq=False)
 class ProgressReporter:
     """Throttled progress for one job; a no-op when ``enabled`` is false (the local API has no channel)."""
 
-    def __init__(
-        self,
-        job: dict[str, Any],
-        *,
-        enabled: bool,
-        min_interval_s: float = 0.5,
-        stage_interval_s: float = 0.1,
-        sender: Sender = runpod_sender,
-        clock: Callable[[], float] = time.monotonic,
-        close_timeout_s: float = 0.5,
-    ) -> None:
-        self.job = job
-        self.enabled = enabled
-        self.min_interval_s = min_interval_s
-        self.stage_interval_s = min(stage_interval_s, min_interval_s)
-        self.sender = sender
-        self.clock = clock
-        self.close_timeout_s = close_timeout_s
-        self.stage_name = ""
-        self._wake = threading.Condition()
-        self._pending: list[dict[str, Any]] = []
-        self._last_sent = float("-inf")
-        self._last_stage: str | None = None
-        self._closed = False
-        self._thread: threading.Thread | None = None
+    job: dict[str, Any]
+    _: KW_ONLY
+    enabled: bool
+    min_interval_s: float = 0.5
+    stage_interval_s: float = 0.1  # at most ``min_interval_s``
+    sender: Sender = runpod_sender
+    clock: Callable[[], float] = time.monotonic
+    close_timeout_s: float = 0.5
+    stage_name: str = field(default="", init=False)
+    _wake: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _pending: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _last_sent: float = field(default=float("-inf"), init=False)
+    _last_stage: str | None = field(default=None, init=False)
+    _closed: bool = field(default=False, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.stage_interval_s = min(self.stage_interval_s, self.min_interval_s)
 
     def stage(self, name: str, **extra: Any) -> None:
         self.stage_name = name

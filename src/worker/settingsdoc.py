@@ -90,8 +90,7 @@ def hub_entry(field: FieldInfo) -> dict[str, Any]:
     if choices:
         spec["options"] = [{"label": label, "value": value} for label, value in choices]
     spec["advanced"] = not extra.get("basic", False)
-    bounds = [m.ge for m in field.metadata if hasattr(m, "ge")]
-    if bounds:
+    if bounds := [m.ge for m in field.metadata if hasattr(m, "ge")]:
         spec["min"] = _plain(bounds[0])
     return {"key": env_name(field), "input": spec}
 

@@ -86,7 +86,6 @@ def default_names(manifest: Manifest | None = None) -> dict[str, str]:
 
 
 def find(manifest: Manifest, kind: str, name: str = "", url: str = "") -> ManifestEntry | None:
-    """The entry of ``kind`` with this name, or with this URL."""
     return next((e for e in manifest if e.kind == kind and (e.name == name or e.url == url)), None)
 
 
