@@ -105,10 +105,9 @@ class ComfyClient:
 
     def is_ready(self) -> bool:
         try:
-            response = self.session.get(f"{self.base_url}/system_stats", timeout=min(self.timeout_s, 5.0))
-        except requests.RequestException:
+            return self._request("GET", "/system_stats", timeout=min(self.timeout_s, 5.0)).status_code == 200
+        except ComfyUnavailable:
             return False
-        return response.status_code == 200
 
     def wait_ready(self, timeout_s: float, *, cancel: threading.Event | None = None) -> float:
         """Wait until ComfyUI answers; returns the seconds waited. Polls with a short, growing interval."""
@@ -245,8 +244,7 @@ class _Collect(bytearray):
 
 
 def _stream_into(response: requests.Response, sink: OutputSink, chunk_size: int, name: str) -> int:
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(chunk_size))
     total = 0
     try:
         while True:
@@ -377,7 +375,6 @@ class Watch:
     ) -> Outcome:
         """Follow ``prompt_id`` to its end; ``deadline`` is a ``time.monotonic()`` value."""
         outcome = Outcome(prompt_id=prompt_id)
-        reconnects_left = 1
         while True:
             try:
                 if self._follow(prompt_id, outcome, idle_timeout_s, deadline, on_progress):
@@ -385,11 +382,10 @@ class Watch:
             except _SocketDropped as dropped:
                 if self._aborted.is_set():
                     raise JobCancelled("the job was cancelled") from None
-                if reconnects_left == 0:
+                if outcome.reconnected:  # once is tolerated
                     raise ComfyUnavailable(
                         "ComfyUI's WebSocket closed twice during the job; ComfyUI may have crashed"
                     ) from dropped.__cause__
-                reconnects_left -= 1
                 outcome.reconnected = True
                 log.warning("ComfyUI's WebSocket dropped during prompt %s; reconnecting", prompt_id)
                 self.close()
@@ -444,29 +440,26 @@ class Watch:
         outcome: Outcome,
         on_progress: ProgressCallback | None,
     ) -> bool:
-        if not isinstance(message, dict):
+        data = message.get("data") if isinstance(message, dict) else None
+        if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:  # not of the watched prompt
             return False
         kind = message.get("type")
-        data = message.get("data") or {}
-        if not isinstance(data, dict):
-            return False
-        ours = data.get("prompt_id") == prompt_id
-        if kind == "progress" and ours and on_progress is not None:
+        if kind == "progress" and on_progress is not None:
             on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0)))
-        elif kind == "execution_cached" and ours:
+        elif kind == "execution_cached":
             outcome.cached_nodes.extend(str(n) for n in data.get("nodes") or [])
-        elif kind == "executed" and ours and isinstance(data.get("output"), dict):
+        elif kind == "executed" and isinstance(data.get("output"), dict):
             outcome.executed[str(data.get("node"))] = data["output"]
-        elif kind == "execution_error" and ours:
+        elif kind == "execution_error":
             raise execution_error(data)
-        elif kind == "execution_interrupted" and ours:
+        elif kind == "execution_interrupted":
             if self._aborted.is_set():
                 raise JobCancelled("the job was cancelled")
             raise ComfyExecutionError(
                 f"ComfyUI's run was interrupted at node {data.get('node_id')!r} ({data.get('node_type')})",
                 details=[{"node_id": data.get("node_id"), "node_type": data.get("node_type")}],
             )
-        elif kind == "executing" and ours and data.get("node") is None:
+        elif kind == "executing" and data.get("node") is None:
             return True  # sent after the history entry is written; execution_success comes before it
         return False
 

@@ -32,8 +32,7 @@ def retain_freed_memory(limit_bytes: int) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # it returns an int, ctypes' default
     limit = min(limit_bytes, 2**31 - 1)
     # One arena: a thread's own arena is a separate mapping that large blocks do not fit, so the pages a
     # job freed in one thread would not be found by the next job's threads.

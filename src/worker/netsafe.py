@@ -181,20 +181,19 @@ def open_checked(
             extra_check(current)
         headers = dict(headers_for(current)) if headers_for else {}
         response = session.get(current, headers=headers, stream=True, timeout=timeout, allow_redirects=False)
-        if response.status_code in REDIRECT_STATI:
-            location = response.headers.get("location", "").strip()
-            response.close()
-            if not location:
-                raise UrlNotAllowed(
-                    f"{field}: {redact_url(current)} answered {response.status_code} redirect without a "
-                    "Location header; give the file's direct URL instead",
-                    details=[{"field": field, "url": redact_url(current)}],
-                )
-            hops.append(response)
-            current = urljoin(current, location)
-            continue
-        response.history = hops
-        return response
+        if response.status_code not in REDIRECT_STATI:
+            response.history = hops
+            return response
+        location = response.headers.get("location", "").strip()
+        response.close()
+        if not location:
+            raise UrlNotAllowed(
+                f"{field}: {redact_url(current)} answered {response.status_code} redirect without a "
+                "Location header; give the file's direct URL instead",
+                details=[{"field": field, "url": redact_url(current)}],
+            )
+        hops.append(response)
+        current = urljoin(current, location)
     raise UrlNotAllowed(
         f"{field}: too many redirects (more than {max_redirects})", details=[{"field": field}]
     )
