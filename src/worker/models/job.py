@@ -3,6 +3,7 @@ file checked against ComfyUI's listing (which the handler hands in as a function
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 
@@ -87,11 +88,9 @@ def missing_model(field: str, kind: str, name: str, *, named_by_job: bool) -> Mo
 
 def check_available(list_models: Listing, files: ModelFiles, job: JobInput) -> None:
     """Refuse the job, naming file and folder, when the listing lacks a model the graph must load."""
-    listings: dict[str, set[str] | None] = {}
+    listing = functools.cache(list_models)  # each folder asked once
     for field, kind, name in wanted(files, job):
-        if kind not in listings:
-            listings[kind] = None if (found := list_models(kind)) is None else set(found)
-        if (available := listings[kind]) is not None and name not in available:
+        if (available := listing(kind)) is not None and name not in available:
             role = roles.BY_NAME.get(field)
             mine = role is not None and role.job_field and bool(job.model_name(field) or job.model_url(field))
             raise missing_model(field, kind, name, named_by_job=mine or field.startswith("lora_pairs["))

@@ -31,20 +31,16 @@ def check_name(name: str, *, field: str, settings: Settings) -> str:
     return name
 
 
-def disposition_filename(header: str | None) -> str | None:
-    """The file name of a ``Content-Disposition`` header, its ``filename*`` (RFC 2231) first."""
-    message = Message()
-    message["content-disposition"] = header or ""
-    values = [v for k, v in message.get_params([], header="content-disposition")[1:] if k == "filename"]
-    value = next((v for v in values if isinstance(v, tuple)), values[0] if values else None)
-    return collapse_rfc2231_value(value) or None if value else None
-
-
 def derive_name(field: str, url: str, final_url: str, disposition: str | None, settings: Settings) -> str:
     """The name to save a download under when the job gave none: the server's ``Content-Disposition`` (Civitai's
-    URLs end in a number), then the last part of the URL's path, then that of the URL redirected to."""
+    URLs end in a number; its ``filename*`` (RFC 2231) first), then the last part of the URL's path, then that
+    of the URL redirected to."""
+    header = Message()
+    header["content-disposition"] = disposition or ""
+    given = [v for k, v in header.get_params([], header="content-disposition")[1:] if k == "filename"]
+    value = next((v for v in given if isinstance(v, tuple)), given[0] if given else None)
     paths = (unquote(PurePosixPath(urlsplit(u).path).name) for u in (url, final_url))
-    raw = filter(None, [disposition_filename(disposition), *paths])
+    raw = filter(None, [value and collapse_rfc2231_value(value), *paths])
     candidates = [c for c in map(names.sanitize, raw) if c]
     ends = names.allowed_extensions(settings.allow_pickle_models)
     for candidate in [c for c in candidates if c.lower().endswith(ends)] or candidates[:1]:

@@ -60,9 +60,8 @@ def cached(file: HubFile, cache: Path, size: int | None, sha: str | None) -> tup
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.file_download import repo_folder_name
 
-    found: Any = try_to_load_from_cache(**file._asdict(), cache_dir=cache)
-    if sha is not None:
-        found = cache / repo_folder_name(repo_id=file.repo_id, repo_type=file.repo_type) / "blobs" / sha
+    blobs = cache / repo_folder_name(repo_id=file.repo_id, repo_type=file.repo_type) / "blobs"
+    found: Any = try_to_load_from_cache(**file._asdict(), cache_dir=cache) if sha is None else blobs / sha
     blob = Path(found).resolve() if isinstance(found, (str, Path)) else None
     if blob is None or not blob.is_file() or not blob.is_relative_to(cache.resolve()):
         return None
