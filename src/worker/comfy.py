@@ -276,14 +276,10 @@ def _json_or_empty(response: requests.Response) -> dict[str, Any]:
 def validation_error(body: dict[str, Any]) -> ComfyValidationError:
     """ComfyUI's 400 body as a typed error: the message names each failing node and input."""
     details: list[dict[str, Any]] = []
-    node_errors = body.get("node_errors") or {}
-    if isinstance(node_errors, dict):
-        for node_id, node in node_errors.items():
-            if not isinstance(node, dict):
-                continue
-            for err in node.get("errors") or []:
-                if not isinstance(err, dict):
-                    continue
+    node_errors = body.get("node_errors")
+    for node_id, node in node_errors.items() if isinstance(node_errors, dict) else ():
+        for err in (node.get("errors") or []) if isinstance(node, dict) else ():
+            if isinstance(err, dict):
                 extra = err["extra_info"] if isinstance(err.get("extra_info"), dict) else {}
                 detail = {"node_id": str(node_id), "class_type": node.get("class_type")}
                 detail |= {key: err.get(key) for key in ("type", "message", "details")}

@@ -1,10 +1,7 @@
-"""Every error the worker can report, typed, each with a stable code.
-
-Errors subclass the standard exception they resemble so that callers may catch either; they carry a stable
-``code`` and optional ``details`` and become the ``{"error", "error_code", "details"}`` shape only in the
-handler (see :func:`to_result`). Messages are written for the person who sent the job: what was wrong, which
-field, what is allowed.
-"""
+"""Every error the worker can report, typed, each with a stable ``code`` and optional ``details``; they become
+the ``{"error", "error_code", "details"}`` shape only in the handler (:meth:`WorkerError.to_result`). Each
+subclasses the standard exception it resembles so that callers may catch either. Messages are written for the
+person who sent the job: what was wrong, which field, what is allowed."""
 
 from __future__ import annotations
 

@@ -116,20 +116,16 @@ class _PeerCheckMixin:
         return sock
 
 
-class _PublicHTTPConnection(_PeerCheckMixin, HTTPConnection):
-    pass
+def _public_pool(pool: type[HTTPConnectionPool], connection: type[HTTPConnection]) -> Any:
+    """``pool`` whose connections check their peer (:class:`_PeerCheckMixin`)."""
+    checked = type(f"_Public{connection.__name__}", (_PeerCheckMixin, connection), {})
+    return type(f"_Public{pool.__name__}", (pool,), {"ConnectionCls": checked})
 
 
-class _PublicHTTPSConnection(_PeerCheckMixin, HTTPSConnection):
-    pass
-
-
-class _PublicHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _PublicHTTPConnection
-
-
-class _PublicHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _PublicHTTPSConnection
+_PUBLIC_POOLS = {
+    "http": _public_pool(HTTPConnectionPool, HTTPConnection),
+    "https": _public_pool(HTTPSConnectionPool, HTTPSConnection),
+}
 
 
 class PublicOnlyAdapter(HTTPAdapter):
@@ -137,7 +133,7 @@ class PublicOnlyAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = _PUBLIC_POOLS
         self.poolmanager.key_fn_by_scheme = dict(self.poolmanager.key_fn_by_scheme)
 
 

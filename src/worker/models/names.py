@@ -1,8 +1,6 @@
-"""The one rule for a model file name, on the volume or about to be downloaded: a single file name (no ``/``,
-``\\``, control characters), not hidden (the worker's own files beside each model are), at most
-:data:`MAX_NAME_BYTES` bytes of UTF-8, ending in a safetensors extension (pickle formats can run code when loaded:
-only with ``ALLOW_PICKLE_MODELS``). Spaces, brackets and non-ASCII letters are fine. Imports nothing of the worker.
-"""
+"""The one rule for a model file name (:data:`RULE`), on the volume or about to be downloaded. A name is not
+hidden because the worker's own files beside each model are; pickle formats only on request because they can
+run code when loaded. Spaces, brackets and non-ASCII letters are fine. Imports nothing of the worker."""
 
 from __future__ import annotations
 
