@@ -386,9 +386,13 @@ class Watch:
                 log.warning("ComfyUI's WebSocket dropped during prompt %s; reconnecting", prompt_id)
                 self.close()
                 self._ws = self._connect()
-                if self._settled_from_history(prompt_id, outcome):
+                if self._settled_from_history(prompt_id):
                     break
-        self._collect_outputs(prompt_id, outcome)
+        entry = self.client.history(prompt_id)  # its outputs; else those the ``executed`` messages named
+        outputs = (entry or {}).get("outputs") or outcome.executed
+        if entry is None and not outputs:
+            raise NoOutput("ComfyUI finished the prompt but has no history entry for it")
+        outcome.outputs = parse_outputs(outputs)
         return outcome
 
     def _follow(
@@ -459,7 +463,7 @@ class Watch:
             return True  # sent after the history entry is written; execution_success comes before it
         return False
 
-    def _settled_from_history(self, prompt_id: str, outcome: Outcome) -> bool:
+    def _settled_from_history(self, prompt_id: str) -> bool:
         """After a reconnect: True when the history already holds the prompt's end."""
         entry = self.client.history(prompt_id)
         if entry is None:
@@ -476,14 +480,6 @@ class Watch:
                     details=[{"node_id": data.get("node_id"), "node_type": data.get("node_type")}],
                 )
         return True
-
-    def _collect_outputs(self, prompt_id: str, outcome: Outcome) -> None:
-        """The history entry's outputs; those the ``executed`` messages named when it has none."""
-        entry = self.client.history(prompt_id)
-        outputs = (entry or {}).get("outputs") or outcome.executed
-        if entry is None and not outputs:
-            raise NoOutput("ComfyUI finished the prompt but has no history entry for it")
-        outcome.outputs = parse_outputs(outputs)
 
 
 def execution_error(data: dict[str, Any]) -> ComfyExecutionError:

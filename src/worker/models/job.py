@@ -53,15 +53,12 @@ def resolve(
     fetched = ensure_refs(refs, Context(settings, job_id=job_id, on_progress=on_progress, cancel=cancel))
     for role in roles.ROLES:
         names[role.name] = fetched.get(f"{role.name}_url") or fetched.get(role.name) or names[role.name]
-    loras = [
-        LoraFiles(
-            high=fetched.get(f"lora_pairs[{index}].high_url") or pair.high,
-            low=fetched.get(f"lora_pairs[{index}].low_url") or pair.low,
-            high_weight=pair.high_weight,
-            low_weight=pair.low_weight,
+    loras = []
+    for i, pair in enumerate(job.lora_pairs):
+        high, low = (
+            fetched.get(f"lora_pairs[{i}].{side}_url") or getattr(pair, side) for side in ("high", "low")
         )
-        for index, pair in enumerate(job.lora_pairs)
-    ]
+        loras.append(LoraFiles(high, low, pair.high_weight, pair.low_weight))
     return ModelFiles(loras=loras, **names)
 
 
