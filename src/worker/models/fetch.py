@@ -42,16 +42,13 @@ def human_bytes(count: float | None) -> str:
 
 @contextmanager
 def file_lock(path: Path, timeout: float) -> Iterator[bool]:
-    lock = FileLock(path)
     try:
-        lock.acquire(timeout=timeout)
+        held = FileLock(path).acquire(timeout=timeout)  # released when its ``with`` ends
     except (Timeout, OSError, NotImplementedError):  # held too long, or a file system without locks
         yield False
         return
-    try:
+    with held:
         yield True
-    finally:
-        lock.release()
 
 
 class Target(NamedTuple):  # a file to make present: the field it is for, its source, where, what it must be
