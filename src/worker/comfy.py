@@ -112,9 +112,7 @@ class ComfyClient:
     def wait_ready(self, timeout_s: float, *, cancel: threading.Event | None = None) -> float:
         """Wait until ComfyUI answers; returns the seconds waited. Polls with a short, growing interval."""
         started, delay, cancel = time.monotonic(), 0.02, cancel or threading.Event()
-        while True:
-            if self.is_ready():
-                return time.monotonic() - started
+        while not self.is_ready():
             waited = time.monotonic() - started
             if waited >= timeout_s:
                 raise ComfyUnavailable(
@@ -124,6 +122,7 @@ class ComfyClient:
             if cancel.wait(min(delay, timeout_s - waited)):
                 raise JobCancelled("the job was cancelled while waiting for ComfyUI")
             delay = min(delay * 2, 0.05)
+        return time.monotonic() - started
 
     def system_stats(self) -> dict[str, Any]:
         """``GET /system_stats``: ComfyUI's version and its ``devices`` (each with a ``type``: cuda, cpu ...)."""
@@ -167,7 +166,6 @@ class ComfyClient:
         return queued
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
-        """The history entry of a prompt, or None while it has none."""
         response = self._request("GET", f"/history/{quote(prompt_id)}")
         if response.status_code != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to GET /history")
@@ -202,7 +200,6 @@ class ComfyClient:
         return total
 
     def fetch_output(self, output: OutputFile) -> bytearray:
-        """Read one output file through ``GET /view`` into memory."""
         self.read_output(output, collected := _Collect())
         return collected
 

@@ -29,8 +29,7 @@ MAX_REDIRECTS = 5
 
 
 def system_resolver(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 def is_public_address(address: str) -> bool:
@@ -85,9 +84,8 @@ def check_url(
         raise UrlNotAllowed(f"{field} has no host", details=[{"field": field}])
     if allow_private:
         return
-    default_port = 443 if parts.scheme.lower() == "https" else 80
     try:
-        addresses = list(resolver(host, port or default_port))
+        addresses = list(resolver(host, port or (443 if parts.scheme.lower() == "https" else 80)))
     except (OSError, UnicodeError) as exc:
         message = f"{field}: the host {host!r} could not be resolved ({exc.__class__.__name__})"
         raise UrlNotAllowed(message, details=where) from None
