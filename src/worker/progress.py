@@ -77,10 +77,8 @@ class ProgressReporter:
             thread.join(self.close_timeout_s)
 
     def _post(self, update: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
         with self._wake:
-            if self._closed:
+            if self._closed or not self.enabled:
                 return
             if self._pending and self._pending[-1]["stage"] == update["stage"]:
                 self._pending[-1] = update
