@@ -462,10 +462,7 @@ class Watch:
 
     def _settled_from_history(self, prompt_id: str) -> bool:
         """After a reconnect: True when the history already holds the prompt's end."""
-        entry = self.client.history(prompt_id)
-        if entry is None:
-            return False
-        status = entry.get("status") or {}
+        status = (self.client.history(prompt_id) or {}).get("status") or {}
         if not status.get("completed", False) and status.get("status_str") not in ("error", "success"):
             return False
         for name, data in status.get("messages") or []:
