@@ -246,10 +246,7 @@ def _stream_into(response: requests.Response, sink: OutputSink, chunk_size: int,
     try:
         while True:
             filled = 0
-            while filled < chunk_size:
-                count = response.raw.readinto(view[filled:])
-                if not count:
-                    break
+            while filled < chunk_size and (count := response.raw.readinto(view[filled:])):
                 filled += count
             if filled:
                 sink.write(view[:filled])
