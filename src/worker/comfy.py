@@ -407,7 +407,7 @@ class Watch:
                 raise JobTimeout("the job passed its deadline (JOB_TIMEOUT_S) while ComfyUI was running it")
             ws.settimeout(max(0.01, min(idle_timeout_s, remaining)))
             try:
-                opcode, data = ws.recv_data()
+                opcode, frame = ws.recv_data()
             except websocket.WebSocketTimeoutException:
                 if deadline - time.monotonic() <= 0:
                     continue  # the deadline, said above
@@ -416,46 +416,35 @@ class Watch:
                 ) from None
             except (OSError, websocket.WebSocketException) as exc:  # :meth:`wait` tells a cancel from a drop
                 raise _SocketDropped() from exc
-            if opcode == websocket.ABNF.OPCODE_CLOSE or (opcode == websocket.ABNF.OPCODE_TEXT and not data):
+            if opcode == websocket.ABNF.OPCODE_CLOSE or (opcode == websocket.ABNF.OPCODE_TEXT and not frame):
                 raise _SocketDropped()
             if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue  # binary preview frames
             try:
-                message = json.loads(data)
+                message = json.loads(frame)
             except ValueError:
                 continue
-            if self._handle(message, prompt_id, outcome, on_progress):
-                return True
-
-    def _handle(
-        self,
-        message: Any,
-        prompt_id: str,
-        outcome: Outcome,
-        on_progress: ProgressCallback | None,
-    ) -> bool:
-        data = message.get("data") if isinstance(message, dict) else None
-        if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:  # not of the watched prompt
-            return False
-        kind = message.get("type")
-        if kind == "progress" and on_progress is not None:
-            on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0)))
-        elif kind == "execution_cached":
-            outcome.cached_nodes.extend(str(n) for n in data.get("nodes") or [])
-        elif kind == "executed" and isinstance(data.get("output"), dict):
-            outcome.executed[str(data.get("node"))] = data["output"]
-        elif kind == "execution_error":
-            raise execution_error(data)
-        elif kind == "execution_interrupted":
-            if self._aborted.is_set():
-                raise JobCancelled("the job was cancelled")
-            raise ComfyExecutionError(
-                f"ComfyUI's run was interrupted at node {data.get('node_id')!r} ({data.get('node_type')})",
-                details=[{"node_id": data.get("node_id"), "node_type": data.get("node_type")}],
-            )
-        elif kind == "executing" and data.get("node") is None:
-            return True  # sent after the history entry is written; execution_success comes before it
-        return False
+            data = message.get("data") if isinstance(message, dict) else None
+            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:  # not of the watched prompt
+                continue
+            kind = message.get("type")
+            if kind == "progress" and on_progress is not None:
+                on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0)))
+            elif kind == "execution_cached":
+                outcome.cached_nodes.extend(str(n) for n in data.get("nodes") or [])
+            elif kind == "executed" and isinstance(data.get("output"), dict):
+                outcome.executed[str(data.get("node"))] = data["output"]
+            elif kind == "execution_error":
+                raise execution_error(data)
+            elif kind == "execution_interrupted":
+                if self._aborted.is_set():
+                    raise JobCancelled("the job was cancelled")
+                raise ComfyExecutionError(
+                    f"ComfyUI's run was interrupted at node {data.get('node_id')!r} ({data.get('node_type')})",
+                    details=[{"node_id": data.get("node_id"), "node_type": data.get("node_type")}],
+                )
+            elif kind == "executing" and data.get("node") is None:
+                return True  # sent after the history entry is written; execution_success comes before it
 
     def _settled_from_history(self, prompt_id: str) -> bool:
         """After a reconnect: True when the history already holds the prompt's end."""
