@@ -132,7 +132,6 @@ class PublicOnlyAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _PUBLIC_POOLS
-        self.poolmanager.key_fn_by_scheme = dict(self.poolmanager.key_fn_by_scheme)
 
 
 def make_session(*, allow_private: bool = False, pool_size: int = 10) -> requests.Session:
