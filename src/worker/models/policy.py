@@ -79,9 +79,8 @@ def check_url_rules(url: str, *, field: str, settings: Settings) -> None:
 
 
 def check_model_url(url: str, *, field: str, settings: Settings, resolver: Resolver) -> None:
-    check_url_rules(url, field=field, settings=settings)
-    allowed, private = schemes(settings), settings.allow_private_urls
-    check_url(url, field=field, schemes=allowed, allow_private=private, resolver=resolver)
+    check_url_rules(url, field=field, settings=settings)  # the scheme too: check_url adds the address
+    check_url(url, field=field, allow_private=settings.allow_private_urls, resolver=resolver)
 
 
 def check_size(size: int | None, *, field: str, url: str, settings: Settings) -> None:
