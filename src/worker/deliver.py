@@ -22,6 +22,7 @@ from .errors import InvalidInput, OutputTooLarge, UploadFailed
 
 log = logging.getLogger("worker.deliver")
 MIME_TYPE = "video/mp4"
+INLINE = ("video", "last_frame")
 
 
 class ObjectStore(Protocol):
@@ -226,15 +227,15 @@ def encoded_length(size: int) -> int:
 
 
 class JobResult(dict[str, Any]):
-    """A job's result. Its repr shows an inline video as its length: the runpod SDK formats the whole result
+    """A job's result. Its repr shows an inline video or frame as its length: the runpod SDK formats the result
     into DEBUG log lines at every log level, and a repr of the payload would copy it twice per job (70 MB for a
     50 MB video) and put it in the log whenever DEBUG is on."""
 
     def __repr__(self) -> str:
-        video = self.get("video")
-        if not isinstance(video, str):
-            return super().__repr__()
-        return repr({**self, "video": f"<{len(video)} base64 characters>"})
+        hide = {
+            k: f"<{len(v)} base64 characters>" for k, v in self.items() if k in INLINE and isinstance(v, str)
+        }
+        return repr({**self, **hide}) if hide else super().__repr__()
 
     __str__ = __repr__
 
