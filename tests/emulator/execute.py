@@ -93,7 +93,7 @@ def cache_keys(graph: dict[str, Any], input_dir: str) -> dict[str, str]:
             parts: list[Any] = [node["class_type"]]
             for name, value in sorted(node["inputs"].items()):
                 parts.append([name, [key(value[0]), value[1]] if is_link(value) else value])
-            if node["class_type"] == "LoadImage":
+            if node["class_type"] in ("LoadImage", "LoadVideo"):
                 with contextlib.suppress(OSError), open(_input_path(input_dir, node), "rb") as fh:
                     parts.append(hashlib.sha256(fh.read()).hexdigest())
             keys[node_id] = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
@@ -105,7 +105,8 @@ def cache_keys(graph: dict[str, Any], input_dir: str) -> dict[str, str]:
 
 
 def _input_path(input_dir: str, node: dict[str, Any]) -> str:
-    return os.path.join(input_dir, os.path.basename(str(node["inputs"]["image"])))
+    name = node["inputs"]["image" if node["class_type"] == "LoadImage" else "file"]
+    return os.path.join(input_dir, os.path.basename(str(name)))
 
 
 def execution_order(
@@ -301,6 +302,22 @@ class Executor:
         if class_type == "LoadImage":
             path = _input_path(core.dirs["input"], node)
             return (await asyncio.to_thread(media.load_image, path), None), None
+        if class_type == "LoadVideo":
+            path = _input_path(core.dirs["input"], node)
+            return (Video(*await asyncio.to_thread(media.read_mp4, path)),), None
+        if class_type == "GetVideoComponents":
+            video = args["video"]
+            return (video.frames, None, video.fps, 8), None
+        if class_type == "ImageFromBatch":
+            frames = media.as_frames(args["image"])
+            index = int(args["batch_index"]) + (len(frames) if int(args["batch_index"]) < 0 else 0)
+            index = max(0, min(len(frames) - 1, index))
+            return (frames[index : index + int(args["length"])],), None
+        if class_type == "ImageBatch":
+            first, second = media.as_frames(args["image1"]), media.as_frames(args["image2"])
+            return (first + [media.fit(f, *first[0].size) for f in second],), None
+        if class_type == "SaveImage":
+            return (args["images"],), await self.save_images(args)
         if class_type in ("WanImageToVideo", "WanFirstLastFrameToVideo"):
             count = ((int(args["length"]) - 1) // 4) * 4 + 1
             size = (int(args["width"]) // 8) * 8, (int(args["height"]) // 8) * 8
@@ -327,6 +344,19 @@ class Executor:
         if class_type == "SaveVideo":
             return (args["video"],), await self.save_video(args)
         return tuple(f"<{kind} of {node_id}>" for kind in core.defs.outputs(class_type)), None
+
+    async def save_images(self, args: dict[str, Any]) -> dict[str, Any]:
+        """SaveImage: one PNG per frame, ``<prefix>_00001_.png`` on."""
+        subfolder, stem = os.path.split(os.path.normpath(str(args["filename_prefix"])))
+        folder = os.path.join(self.core.dirs["output"], subfolder)
+        os.makedirs(folder, exist_ok=True)
+        saved = []
+        for index, frame in enumerate(media.as_frames(args["images"]), start=1):
+            name = f"{stem}_{index:05}_.png"
+            await asyncio.to_thread(frame.save, os.path.join(folder, name))
+            self.core.stats["outputs"].append(os.path.join(subfolder, name))
+            saved.append({"filename": name, "subfolder": subfolder, "type": "output"})
+        return {"images": saved}
 
     async def save_video(self, args: dict[str, Any]) -> dict[str, Any] | None:
         if self.faults.get("no_output"):
