@@ -7,7 +7,7 @@ In this order, which the tests rely on:
 3. parity: good and broken graphs get the same verdict and the same errors from the emulator;
 4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), LoRA pairs
    with CLIP vision, FILM frame interpolation, a video longer than one context window, a cancel (through a stand-in of RunPod's job
-   API, the only way a cancel reaches a worker), and twenty jobs in a row.
+   API, the only way a cancel reaches a worker), a video extended from its last frames, and twenty jobs in a row.
 
 Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
 a minute per 512-token prompt on two CPU cores) and keeps the encoding for the jobs after.
@@ -15,7 +15,9 @@ a minute per 512-token prompt on two CPU cores) and keeps the encoding for the j
 
 from __future__ import annotations
 
+import base64
 import copy
+import io
 import itertools
 import re
 import time
@@ -24,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 import requests
+from PIL import Image
 
 from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
 from tests.support.installed import Installed
-from tests.support.video import probe_b64
+from tests.support.video import make_mp4, probe_b64
 from tests.support.worker_proc import LocalApi
 from worker import graph
 from worker.models import roles
@@ -519,6 +523,55 @@ def test_cancel_interrupts_comfyui_and_the_next_job_runs(
     check_video(result["output"], frames=9)
     left = set(comfyui.http.get(f"{comfyui.url}/history", timeout=10).json()) - history_before
     assert not left, f"the cancelled job's or the next job's prompt stayed in ComfyUI's history: {left}"
+
+
+# --------------------------------------------------------------------------------------------- video extension
+GIVEN_MP4 = make_mp4(17, (128, 128), 16)
+
+
+def extension(**fields: Any) -> dict[str, Any]:
+    """A job extending GIVEN_MP4: no start image and no size (they come from the video)."""
+    base = {k: v for k, v in job(**fields).items() if k not in ("image_base64", "width", "height")}
+    return {"extend_video_base64": base64.b64encode(GIVEN_MP4).decode(), "extend_frames": 5, **base}
+
+
+@pytest.mark.parametrize("mode", ["i2v", "flf2v"])
+def test_extension_graphs_are_accepted(comfyui: RealComfyUI, mode: str) -> None:
+    fields = extension(return_last_frame=True, **({"end_image_base64": END} if mode == "flf2v" else {}))
+    names = {role.name: validation_name(role.name) for role in roles.ROLES}
+    images = graph.Images(
+        start=None,
+        end=comfyui.upload_image(END_PNG, "validate_end.png") if mode == "flf2v" else None,
+        video=comfyui.upload_image(GIVEN_MP4, "validate_given.mp4"),
+    )
+    template = graph.load_template(REPO / "workflows", mode)
+    job_input = parse_job_input(fields)
+    job_input.width = job_input.height = 128
+    prompt = graph.bind(
+        template, job_input, graph.ModelFiles(**names), images, filename_prefix="validate/ext"
+    )
+    assert {"given_video", "joined", "given_last", graph.LAST_FRAME_NODE} <= set(prompt)
+    status, body = comfyui.post_prompt(prompt)
+    assert status == 200 and body.get("node_errors") == {}, describe_refusal(body)
+    comfyui.wait_queue_empty(timeout_s=300)
+
+
+def frame_reds(data: bytes) -> list[float]:
+    with av.open(io.BytesIO(data)) as container:
+        return [float(f.to_ndarray(format="rgb24")[..., 0].mean()) for f in container.decode(video=0)]
+
+
+def test_extending_17_frames_by_9_with_5_shared_gives_21(local_api: LocalApi) -> None:
+    body = local_api.runsync(extension(length=9, seed=16, return_last_frame=True), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    check_video(out, frames=21)
+    assert out["frames"] == {"given": 17, "new": 4, "delivered": 21}
+    assert (out["width"], out["height"], out["fps"]) == (128, 128, 16.0)
+    given, delivered = frame_reds(GIVEN_MP4), frame_reds(base64.b64decode(out["video"]))
+    assert all(abs(a - b) < 4 for a, b in zip(given, delivered[:17], strict=True)), (given, delivered)
+    last = Image.open(io.BytesIO(base64.b64decode(out["last_frame"])))
+    assert (last.format, last.size) == ("PNG", (128, 128))
 
 
 @pytest.mark.timeout(20 * JOB_S)
