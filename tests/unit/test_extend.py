@@ -59,7 +59,7 @@ def test_the_contract_refuses_what_an_extension_cannot_do(
 
 
 def test_extend_frames_needs_a_video_and_the_default_is_five() -> None:
-    problems = refused({"prompt": "p", "image_base64": "abc", "extend_frames": 5})
+    problems = refused({"prompt": "p", "image_base64": "abc", "extend_frames": 9})
     assert problems[0]["field"] == "extend_frames" and "needs a video" in problems[0]["message"]
     job = parse_job_input({"prompt": "p", "extend_video_path": "a.mp4"})
     assert job.extends and job.extend_frames == 5 and not job.return_last_frame
