@@ -232,9 +232,7 @@ class JobResult(dict[str, Any]):
     50 MB video) and put it in the log whenever DEBUG is on."""
 
     def __repr__(self) -> str:
-        hide = {
-            k: f"<{len(v)} base64 characters>" for k, v in self.items() if k in INLINE and isinstance(v, str)
-        }
+        hide = {k: f"<{len(v)} base64 characters>" for k in INLINE if isinstance(v := self.get(k), str)}
         return repr({**self, **hide}) if hide else super().__repr__()
 
     __str__ = __repr__

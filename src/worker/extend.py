@@ -8,18 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import media
+from . import media, schema
 from .config import Settings
 from .errors import InvalidImage, InvalidInput
-from .schema import (
-    EXTEND_SOURCES,
-    MAX_OUTPUT_FPS,
-    MAX_OUTPUT_FRAMES,
-    MAX_SIDE,
-    MIN_SIDE,
-    JobInput,
-    round_to_multiple,
-)
 
 CODECS = (b"avc1", b"avc3", b"hvc1", b"hev1", b"vp09", b"av01")
 """The MP4 sample entries of the video ComfyUI's LoadVideo decodes: H.264, H.265, VP9, AV1."""
@@ -42,7 +33,7 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]
         head = 16 if size == 1 else 8
         size = struct.unpack_from(">Q", data, start + 8)[0] if size == 1 else size or end - start
         if size < head or start + size > end:
-            raise ValueError(f"its {kind.decode(errors='replace')!r} box is cut short")
+            raise ValueError(f"is cut short (its {kind.decode(errors='replace')!r} box)")
         yield kind, start + head, start + size
         start += size
 
@@ -52,7 +43,7 @@ def _find(data: bytes, start: int, end: int, *path: bytes) -> tuple[int, int]:
     for kind, begin, stop in _boxes(data, start, end):
         if kind == path[0]:
             return (begin, stop) if len(path) == 1 else _find(data, begin, stop, *path[1:])
-    raise ValueError(f"it has no {path[0].decode(errors='replace')!r} box")
+    raise ValueError(f"has no {path[0].decode(errors='replace')!r} box")
 
 
 def probe_mp4(data: bytes) -> GivenVideo:
@@ -61,7 +52,7 @@ def probe_mp4(data: bytes) -> GivenVideo:
         raise ValueError("is not an MP4 video (recognised by content)")
     for kind, begin, end in _boxes(data, *_find(data, 0, len(data), b"moov")):
         hdlr = _find(data, begin, end, b"mdia", b"hdlr")[0] if kind == b"trak" else 0
-        if data[hdlr + 8 : hdlr + 12] != b"vide" or not hdlr:
+        if not hdlr or data[hdlr + 8 : hdlr + 12] != b"vide":
             continue
         mdhd = _find(data, begin, end, b"mdia", b"mdhd")[0]
         stbl = _find(data, begin, end, b"mdia", b"minf", b"stbl")
@@ -79,53 +70,52 @@ def probe_mp4(data: bytes) -> GivenVideo:
     raise ValueError("has no video track")
 
 
-def load(job: JobInput, settings: Settings) -> GivenVideo:
+def load(job: schema.JobInput, settings: Settings) -> GivenVideo:
     """The job's video, checked; the job takes its size and fps (blocking: runs in a thread)."""
     most = int(settings.max_input_image_mb * 1024 * 1024)
-    field = next(name for name in EXTEND_SOURCES if getattr(job, name) is not None)
+    field = next(f for f in schema.EXTEND_SOURCES if getattr(job, f))
     value = getattr(job, field)
+
+    def bad(problem: object) -> InvalidImage:
+        return InvalidImage(f"{field} {problem}", details=[{"field": field}])
+
     if field.endswith("url"):
-        data = media.fetch_url(
-            value, field=field, limits=media.ImageLimits(most, 0, settings.allow_private_urls)
-        )
+        limits = media.ImageLimits(most, 0, settings.allow_private_urls)
+        data = media.fetch_url(value, field=field, limits=limits)
     elif field.endswith("base64"):
         data = media.decode_base64(value, field=field, max_bytes=most, accepted=frozenset({"video/mp4"}))
     else:
         data = media.read_volume_path(value, field=field, volume_root=settings.volume_root, max_bytes=most)
     try:
         video = probe_mp4(data)
-        problem = check(video, job, settings.max_input_image_pixels)
-    except (ValueError, struct.error) as exc:
-        problem = f"is a damaged or unusable MP4 ({exc})"
-    if problem:
-        raise InvalidImage(f"{field} {problem}", details=[{"field": field}])
-    for name, used in (("width", video.width), ("height", video.height), ("fps", video.fps)):
-        asked, fits = getattr(job, name), used if name == "fps" else round_to_multiple(int(used), 16)
-        if name in job.model_fields_set and abs(asked - fits) > 0.01:
-            message = (
-                f"is {asked:g}, but an extension keeps the given video's {name} ({used:g}); leave it out"
-            )
+    except struct.error:
+        raise bad("is a damaged MP4") from None
+    except ValueError as exc:
+        raise bad(exc) from None
+    sides = [schema.round_to_multiple(side, 16) for side in (video.width, video.height)]
+    most_frames = schema.MAX_OUTPUT_FRAMES - job.length + job.extend_frames
+    if not job.extend_frames <= video.frames <= most_frames:
+        raise bad(f"has {video.frames} frames; {job.extend_frames} (extend_frames) to {most_frames} fit")
+    if video.width * video.height > settings.max_input_image_pixels or min(sides) < 128 or max(sides) > 1920:
+        raise bad(f"is {video.width}x{video.height}; sides of 128 to 1920 and MAX_INPUT_IMAGE_PIXELS fit")
+    if not 1.0 <= video.fps <= schema.MAX_OUTPUT_FPS:
+        raise bad(f"is {video.fps:g} fps; 1 to {schema.MAX_OUTPUT_FPS:g} fps fit")
+    kept = {
+        "width": (video.width, sides[0]),
+        "height": (video.height, sides[1]),
+        "fps": (video.fps, video.fps),
+    }
+    for name, (used, fits) in kept.items():
+        if name in job.model_fields_set and abs(getattr(job, name) - fits) > 0.01:
+            message = f"must be the video's ({used:g}) or left out, not {getattr(job, name):g}"
             raise InvalidInput(f"{name} {message}", details=[{"field": name, "message": message}])
         setattr(job, name, used)
     job.adjustments = [a for a in job.adjustments if a.field not in ("width", "height")]
     return video
 
 
-def check(video: GivenVideo, job: JobInput, max_pixels: int) -> str | None:
-    """What makes ``video`` unusable for ``job``, or None."""
-    if not job.extend_frames <= video.frames <= MAX_OUTPUT_FRAMES - job.length + job.extend_frames:
-        return f"has {video.frames} frames; extend_frames to {MAX_OUTPUT_FRAMES - job.length + job.extend_frames} fit"
-    if video.width * video.height > max_pixels or not all(
-        MIN_SIDE <= round_to_multiple(side, 16) <= MAX_SIDE for side in (video.width, video.height)
-    ):
-        return f"is {video.width}x{video.height}; sides of {MIN_SIDE} to {MAX_SIDE} (MAX_INPUT_IMAGE_PIXELS in all) fit"
-    if not 1.0 <= video.fps <= MAX_OUTPUT_FPS:
-        return f"is {video.fps:g} fps; 1 to {MAX_OUTPUT_FPS:g} fps fit"
-    return None
-
-
-def report(video: GivenVideo, job: JobInput) -> dict[str, Any]:
+def report(video: GivenVideo, job: schema.JobInput) -> dict[str, Any]:
     """The result's frame counts: the given video's, the new ones after the overlap, and the delivered."""
     delivered = video.frames + job.length - job.extend_frames
-    new = {"given": video.frames, "new": delivered - video.frames, "delivered": delivered}
-    return {"frames": new, "output_length": delivered}
+    counts = {"given": video.frames, "new": delivered - video.frames, "delivered": delivered}
+    return {"frames": counts, "output_length": delivered}

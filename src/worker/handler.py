@@ -45,6 +45,7 @@ from .progress import ProgressReporter, Sender, runpod_sender
 from .schema import JobInput, describe_errors, parse_job_input
 
 log = logging.getLogger("worker.handler")
+Upload = media.ImageData | extend.GivenVideo | None
 
 
 @lru_cache(maxsize=1)
@@ -208,7 +209,7 @@ async def make_video(run: JobRun) -> dict[str, Any]:
             deliver_video, run, find_video(outcome), bucket, output_mode
         )
         if job.return_last_frame:
-            delivered |= await asyncio.to_thread(deliver_last_frame, run, outcome, bucket, output_mode)
+            delivered |= await asyncio.to_thread(deliver_frame, run, outcome, bucket, output_mode)
     run.timings["total"] = round(time.monotonic() - run.started, 3)
     run.finished = True
     log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], size)
@@ -240,7 +241,7 @@ def validate(run: JobRun) -> JobInput:
         raise InvalidInput(summary + more, details=problems) from None
 
 
-async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData | None, media.ImageData | None]:
+async def load_images(run: JobRun, job: JobInput) -> tuple[Upload, Upload]:
     """Start and end images, fetched concurrently."""
     s = run.settings
     limits = media.ImageLimits(
@@ -265,13 +266,8 @@ async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData | Non
     return start, end
 
 
-async def upload_images(
-    run: JobRun,
-    start: media.ImageData | None,
-    end: media.ImageData | None,
-    video: extend.GivenVideo | None = None,
-) -> graph.Images:
-    async def put(role: str, item: media.ImageData | extend.GivenVideo | None) -> str | None:
+async def upload_images(run: JobRun, start: Upload, end: Upload, video: Upload = None) -> graph.Images:
+    async def put(role: str, item: Upload) -> str | None:
         if item is None:
             return None
         name = f"wan_{run.safe_id}_{role}_{uuid.uuid4().hex[:8]}.{item.extension}"
@@ -343,14 +339,12 @@ def deliver_video(
     return encoder.result(), encoder.size
 
 
-def deliver_last_frame(
-    run: JobRun, outcome: Outcome, bucket: deliver.Bucket | None, mode: str
-) -> dict[str, str]:
-    """The PNG of the video's last frame, inline or in the bucket beside the video (blocking)."""
-    frame = next((o for o in outcome.outputs if o.node_id == graph.LAST_FRAME_NODE), None)
-    if frame is None:
+def deliver_frame(run: JobRun, outcome: Outcome, bucket: deliver.Bucket | None, mode: str) -> dict[str, str]:
+    """The video's last frame as a PNG, inline or beside the video in the bucket (blocking)."""
+    frames = [o for o in outcome.outputs if o.node_id == graph.LAST_FRAME_NODE]
+    if not frames:
         raise NoOutput("ComfyUI finished without writing the last frame; its log may say why")
-    data = run.client.fetch_output(frame)
+    data = run.client.fetch_output(frames[0])
     if mode == "url" and bucket is not None:
         key = deliver.object_key(run.safe_id, "_last_frame.png")
         return {"last_frame_url": deliver.upload(data, key=key, bucket=bucket, content_type="image/png")}

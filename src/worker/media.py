@@ -33,7 +33,7 @@ _FORMATS: dict[str, ImageFormat] = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I
 )
-_ACCEPTED_MIME = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
+IMAGE_MIME = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
 FETCH_DEADLINE_S = 60.0
 CHUNK = 64 * 1024
 
@@ -69,9 +69,7 @@ class ImageLimits:
 # --------------------------------------------------------------------------------------------- sources
 
 
-def decode_base64(
-    value: str, *, field: str, max_bytes: int, accepted: frozenset[str] = _ACCEPTED_MIME
-) -> bytes:
+def decode_base64(value: str, *, field: str, max_bytes: int, accepted: frozenset[str] = IMAGE_MIME) -> bytes:
     """Raw base64 or a ``data:<accepted type>;base64,`` URI; the size is checked before anything is decoded."""
     text = value.strip()
     match = _DATA_URI.match(text)

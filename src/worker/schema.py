@@ -211,9 +211,7 @@ class JobInput(_ModelOverrides):
     )
     extend_video_url: Url = Field(default=None, description="an MP4 to extend, in place of a start image")
     extend_video_base64: str | None = Field(default=None, description="the MP4 to extend as base64")
-    extend_video_path: str | None = Field(
-        default=None, max_length=4096, description="the MP4 as a volume file"
-    )
+    extend_video_path: str | None = Field(default=None, max_length=4096, description="the MP4 on the volume")
     extend_frames: int = Field(
         default=DEFAULT_EXTEND_FRAMES,
         ge=1,
@@ -399,9 +397,7 @@ class JobInput(_ModelOverrides):
         starts = [n for n in ("image_url", "image_base64", "image_path") if getattr(self, n) is not None]
         videos = [n for n in EXTEND_SOURCES if getattr(self, n) is not None]
         if videos and len(videos + starts) > 1:
-            raise field_problem(
-                videos[0], f"one video to extend and no start image ({', '.join(videos + starts)})"
-            )
+            raise field_problem(videos[0], f"give one video and no start image: {', '.join(videos + starts)}")
         if not videos and len(starts) != 1:
             given = f"got {', '.join(starts)}" if starts else "got none"
             raise field_problem(

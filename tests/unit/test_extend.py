@@ -45,7 +45,7 @@ def refused(data: dict[str, Any]) -> list[dict[str, str]]:
     ("extra", "field", "words"),
     [
         ({"image_base64": "abc"}, "extend_video_base64", "no start image"),
-        ({"extend_video_url": "https://example.com/a.mp4"}, "extend_video_url", "one video to extend"),
+        ({"extend_video_url": "https://example.com/a.mp4"}, "extend_video_url", "give one video"),
         ({"extend_frames": 4}, "extend_frames", "4n+1"),
         ({"extend_frames": 9}, "length", "more than 9"),
         ({"interpolate": 2}, "interpolate", "extending a video"),
@@ -169,7 +169,7 @@ def test_a_different_size_or_fps_is_refused_by_name(emulator: Emulator, settings
     for field, value in (("width", 480), ("height", 832), ("fps", 16)):
         result = run(settings, **{field: value})
         assert result["error_code"] == "invalid_input", result
-        assert result["details"][0]["field"] == field and "given video's" in result["error"]
+        assert result["details"][0]["field"] == field and "must be the video's" in result["error"]
     assert run(settings, width=160, height=128, fps=24).get("error") is None
     assert len(emulator.state()["prompts"]) == prompts + 1
 
