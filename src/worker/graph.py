@@ -41,7 +41,7 @@ TEMPLATE_NODES: dict[str, str] = {
 }
 """The nodes both templates must have: each model role's loader (its id is the role), and the rest."""
 OUTPUT_NODE = "save_video"
-LAST_FRAME_NODE = "save_last_frame"
+LAST_FRAME = "save_last_frame"
 INTERPOLATE_NODE = "interpolate"
 EXPERTS = ("high", "low")
 
@@ -161,8 +161,8 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
     _set(graph, "save_video", filename_prefix=filename_prefix, **save_video_encoding(job.crf))
     if job.return_last_frame:
         graph["last_frame"] = _pick("Last frame", graph["video"]["inputs"]["images"], -1, 1)
-        graph[LAST_FRAME_NODE] = _node(
-            "SaveImage", "", images=["last_frame", 0], filename_prefix=filename_prefix
+        graph[LAST_FRAME] = _node(
+            "SaveImage", "PNG", images=["last_frame", 0], filename_prefix=filename_prefix
         )
 
     return graph
@@ -266,7 +266,7 @@ def _extend(graph: Graph, video: str, frames: int, length: int) -> None:
     graph["given_frames"] = _node("GetVideoComponents", "Its frames", video=["given_video", 0])
     graph["start_image"] = _pick("Its last frames", ["given_frames", 0], -frames, frames)
     graph["new_frames"] = _pick("New frames", graph["video"]["inputs"]["images"], frames, length - frames)
-    graph["joined"] = _node("ImageBatch", "", image1=["given_frames", 0], image2=["new_frames", 0])
+    graph["joined"] = _node("ImageBatch", "Video + new", image1=["given_frames", 0], image2=["new_frames", 0])
     graph["video"]["inputs"]["images"] = ["joined", 0]
     if "clip_vision_start" in graph:  # CLIP vision sees the video's last frame
         graph["given_last"] = _pick("Its last frame", ["given_frames", 0], -1, 1)

@@ -341,7 +341,7 @@ def deliver_video(
 
 def deliver_frame(run: JobRun, outcome: Outcome, bucket: deliver.Bucket | None, mode: str) -> dict[str, str]:
     """The video's last frame as a PNG, inline or beside the video in the bucket (blocking)."""
-    frames = [o for o in outcome.outputs if o.node_id == graph.LAST_FRAME_NODE]
+    frames = [o for o in outcome.outputs if o.node_id == graph.LAST_FRAME]
     if not frames:
         raise NoOutput("ComfyUI finished without writing the last frame; its log may say why")
     data = run.client.fetch_output(frames[0])

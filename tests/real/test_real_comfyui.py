@@ -550,7 +550,7 @@ def test_extension_graphs_are_accepted(comfyui: RealComfyUI, mode: str) -> None:
     prompt = graph.bind(
         template, job_input, graph.ModelFiles(**names), images, filename_prefix="validate/ext"
     )
-    assert {"given_video", "joined", "given_last", graph.LAST_FRAME_NODE} <= set(prompt)
+    assert {"given_video", "joined", "given_last", graph.LAST_FRAME} <= set(prompt)
     status, body = comfyui.post_prompt(prompt)
     assert status == 200 and body.get("node_errors") == {}, describe_refusal(body)
     comfyui.wait_queue_empty(timeout_s=300)

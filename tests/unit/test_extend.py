@@ -119,7 +119,7 @@ def test_the_last_frames_start_the_clip_and_the_new_frames_follow_the_video() ->
     assert g["joined"]["class_type"] == "ImageBatch"
     assert g["joined"]["inputs"] == {"image1": ["given_frames", 0], "image2": ["new_frames", 0]}
     assert g["video"]["inputs"]["images"] == ["joined", 0]
-    assert "last_frame" not in g and graph.LAST_FRAME_NODE not in g
+    assert "last_frame" not in g and graph.LAST_FRAME not in g
 
 
 def test_flf2v_and_clip_vision_take_an_extension() -> None:
@@ -134,7 +134,7 @@ def test_flf2v_and_clip_vision_take_an_extension() -> None:
 def test_the_last_frame_is_saved_from_what_the_video_shows() -> None:
     g = bind(return_last_frame=True)
     assert g["last_frame"]["inputs"] == {"image": ["joined", 0], "batch_index": -1, "length": 1}
-    saver = g[graph.LAST_FRAME_NODE]
+    saver = g[graph.LAST_FRAME]
     assert saver["class_type"] == "SaveImage"
     assert saver["inputs"] == {"images": ["last_frame", 0], "filename_prefix": "video/x"}
 
