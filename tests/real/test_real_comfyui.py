@@ -572,6 +572,7 @@ def test_extending_17_frames_by_9_with_5_shared_gives_21(local_api: LocalApi) ->
     assert all(abs(a - b) < 4 for a, b in zip(given, delivered[:17], strict=True)), (given, delivered)
     last = Image.open(io.BytesIO(base64.b64decode(out["last_frame"])))
     assert (last.format, last.size) == ("PNG", (128, 128))
+    print(f"extension 17 + 9 - 5 frames: {out['timings']}")
 
 
 @pytest.mark.timeout(20 * JOB_S)
