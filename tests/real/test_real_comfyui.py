@@ -575,6 +575,13 @@ def test_extending_17_frames_by_9_with_5_shared_gives_21(local_api: LocalApi) ->
     print(f"extension 17 + 9 - 5 frames: {out['timings']}")
 
 
+def test_an_extension_longer_than_one_window(local_api: LocalApi) -> None:
+    body = local_api.runsync(extension(length=85, seed=17), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    check_video(body["output"], frames=97)
+    print(f"extension 17 + 85 - 5 frames: {body['output']['timings']}")
+
+
 @pytest.mark.timeout(20 * JOB_S)
 def test_twenty_jobs_in_a_row(local_api: LocalApi) -> None:
     seconds = []
