@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from tests.emulator import Emulator
+from tests.support.httpserver import HttpServer, Route
 from tests.support.images import data_uri, image_bytes
 from tests.support.video import make_mp4, probe_b64
 from worker import graph
@@ -162,6 +163,23 @@ def test_extending_17_frames_by_9_with_5_shared_delivers_21(emulator: Emulator, 
     assert prompt["save_video"]["inputs"]["codec.encoding.crf"] == 19.0
     last = Image.open(io.BytesIO(base64.b64decode(result["last_frame"])))
     assert (last.format, last.size) == ("PNG", (160, 128))
+    leftovers = [
+        p for d in (emulator.input_dir, emulator.output_dir) for p in Path(d).rglob("*") if p.is_file()
+    ]
+    assert leftovers == [], "the uploaded video and the saved frame are removed after the job"
+
+
+def test_a_video_by_url(emulator: Emulator, settings: Settings) -> None:
+    with HttpServer() as server:
+        server.routes["/clip.mp4"] = Route(body=GIVEN, headers={"Content-Type": "video/mp4"})
+        allowed = settings.model_copy(update={"allow_private_urls": True})
+        result = run(
+            allowed, extend_video_base64=None, extend_video_url=server.url("/clip.mp4"), output="base64"
+        )
+        assert result.get("frames") == {"given": 17, "new": 4, "delivered": 21}, result
+        assert run(settings, extend_video_base64=None, extend_video_url=server.url("/clip.mp4"))[
+            "error_code"
+        ] == ("url_not_allowed")
 
 
 def test_a_different_size_or_fps_is_refused_by_name(emulator: Emulator, settings: Settings) -> None:
