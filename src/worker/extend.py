@@ -100,11 +100,7 @@ def load(job: schema.JobInput, settings: Settings) -> GivenVideo:
         raise bad(f"is {video.width}x{video.height}; sides of 128 to 1920 and MAX_INPUT_IMAGE_PIXELS fit")
     if not 1.0 <= video.fps <= schema.MAX_OUTPUT_FPS:
         raise bad(f"is {video.fps:g} fps; 1 to {schema.MAX_OUTPUT_FPS:g} fps fit")
-    kept = {
-        "width": (video.width, sides[0]),
-        "height": (video.height, sides[1]),
-        "fps": (video.fps, video.fps),
-    }
+    kept = {"width": (video.width, sides[0]), "height": (video.height, sides[1]), "fps": (video.fps,) * 2}
     for name, (used, fits) in kept.items():
         if name in job.model_fields_set and abs(getattr(job, name) - fits) > 0.01:
             message = f"must be the video's ({used:g}) or left out, not {getattr(job, name):g}"

@@ -5,9 +5,8 @@ tables which job field lands in which node and input. The binder copies the temp
 the Lightning LoRA nodes when ``lightning`` is off, chains the user's LoRA pairs on each expert, inserts
 context windows for videos longer than one window, adds CLIP vision nodes when a CLIP vision model is named
 and frame interpolation between decode and the video when the job interpolates, and sets SaveVideo's H.264
-quality; an extension starts from a video's last frames and appends the new ones to it. Which node loads which
-model file comes from :mod:`worker.roles`. Node ids of the shared nodes never depend on the job, so that
-ComfyUI's cache keeps the loaded experts between jobs, whichever mode they are.
+quality; an extension starts from a video's last frames. Which node loads which model file comes from
+:mod:`worker.roles`. Node ids of shared nodes never depend on the job, so ComfyUI's cache keeps the experts.
 """
 
 from __future__ import annotations
@@ -161,9 +160,7 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
     _set(graph, "save_video", filename_prefix=filename_prefix, **save_video_encoding(job.crf))
     if job.return_last_frame:
         graph["last_frame"] = _pick("Last frame", graph["video"]["inputs"]["images"], -1, 1)
-        graph[LAST_FRAME] = _node(
-            "SaveImage", "PNG", images=["last_frame", 0], filename_prefix=filename_prefix
-        )
+        graph[LAST_FRAME] = _node("SaveImage", "", images=["last_frame", 0], filename_prefix=filename_prefix)
 
     return graph
 
@@ -253,7 +250,7 @@ def _add_loader(graph: Graph, role: roles.ModelRole, name: str, job: JobInput) -
 
 
 def _node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
-    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
+    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title or class_type}}
 
 
 def _pick(title: str, images: Any, index: int, length: int) -> dict[str, Any]:
@@ -266,7 +263,7 @@ def _extend(graph: Graph, video: str, frames: int, length: int) -> None:
     graph["given_frames"] = _node("GetVideoComponents", "Its frames", video=["given_video", 0])
     graph["start_image"] = _pick("Its last frames", ["given_frames", 0], -frames, frames)
     graph["new_frames"] = _pick("New frames", graph["video"]["inputs"]["images"], frames, length - frames)
-    graph["joined"] = _node("ImageBatch", "Video + new", image1=["given_frames", 0], image2=["new_frames", 0])
+    graph["joined"] = _node("ImageBatch", "", image1=["given_frames", 0], image2=["new_frames", 0])
     graph["video"]["inputs"]["images"] = ["joined", 0]
     if "clip_vision_start" in graph:  # CLIP vision sees the video's last frame
         graph["given_last"] = _pick("Its last frame", ["given_frames", 0], -1, 1)

@@ -60,7 +60,7 @@ MAX_OUTPUT_FRAMES = 1601
 frames of 832x480 already take 7.7 GB of RAM."""
 MAX_OUTPUT_FPS = 120.0
 """ComfyUI's CreateVideo takes at most 120 fps."""
-DEFAULT_EXTEND_FRAMES = 5
+EXTEND_FRAMES = 5
 EXTEND_SOURCES = ("extend_video_url", "extend_video_base64", "extend_video_path")
 
 
@@ -213,10 +213,7 @@ class JobInput(_ModelOverrides):
     extend_video_base64: str | None = Field(default=None, description="the MP4 to extend as base64")
     extend_video_path: str | None = Field(default=None, max_length=4096, description="the MP4 on the volume")
     extend_frames: int = Field(
-        default=DEFAULT_EXTEND_FRAMES,
-        ge=1,
-        le=MAX_LENGTH - 4,
-        description="the video's last frames that start the new clip; 4n+1",
+        default=EXTEND_FRAMES, ge=1, le=MAX_LENGTH, description="last frames the clip starts from; 4n+1"
     )
 
     width: int = Field(
@@ -370,7 +367,7 @@ class JobInput(_ModelOverrides):
         return self
 
     def _check_extension(self) -> None:
-        if self.extend_frames != DEFAULT_EXTEND_FRAMES and not self.extends:
+        if self.extend_frames != EXTEND_FRAMES and not self.extends:
             raise field_problem("extend_frames", f"needs a video to extend ({', '.join(EXTEND_SOURCES)})")
         if self.extends and self.extend_frames % 4 != 1:
             raise field_problem("extend_frames", f"must be 4n+1 (1, 5, 9 ...), got {self.extend_frames}")
