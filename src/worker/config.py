@@ -103,9 +103,9 @@ class Settings(BaseSettings):
 
     # Inputs
     max_input_image_mb: float = setting(20.0, "Largest input image (MB)", ge=0.001)
-    """Largest input image (URL, base64 or path)."""
+    """Largest input image or video to extend (URL, base64 or path)."""
     max_input_image_pixels: int = setting(8192 * 8192, "Largest input image (pixels)", ge=1)
-    """Largest input image in pixels (8192 x 8192)."""
+    """Largest input image (or frame of a video to extend) in pixels (8192 x 8192)."""
     allow_private_urls: bool = setting(False, "Allow private URLs")
     """Let image and model URLs reach private, loopback or link-local addresses (local testing only)."""
 

@@ -22,6 +22,7 @@ from .errors import InvalidInput, OutputTooLarge, UploadFailed
 
 log = logging.getLogger("worker.deliver")
 MIME_TYPE = "video/mp4"
+INLINE = ("video", "last_frame")
 
 
 class ObjectStore(Protocol):
@@ -226,15 +227,15 @@ def encoded_length(size: int) -> int:
 
 
 class JobResult(dict[str, Any]):
-    """A job's result. Its repr shows an inline video (and a workflow's inline files) as its length: the runpod
-    SDK formats the whole result into DEBUG log lines at every log level, and a repr of the payload would copy it
-    twice per job (70 MB for a 50 MB video) and put it in the log whenever DEBUG is on."""
+    """A job's result. Its repr shows an inline video or frame (and a workflow's inline files) as its length: the
+    runpod SDK formats the whole result into DEBUG log lines at every log level, and a repr of the payload would
+    copy it twice per job (70 MB for a 50 MB video) and put it in the log whenever DEBUG is on."""
 
     def __repr__(self) -> str:
         def brief(v: Any) -> Any:
             return f"<{len(v)} base64 characters>" if isinstance(v, str) else v
 
-        shown = {key: brief(value) if key == "video" else value for key, value in self.items()}
+        shown = {key: brief(value) if key in INLINE else value for key, value in self.items()}
         if "outputs" in shown:
             shown["outputs"] = [
                 {**o, "data": brief(o.get("data"))} if "data" in o else o for o in shown["outputs"]

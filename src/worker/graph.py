@@ -5,8 +5,8 @@ tables which job field lands in which node and input. The binder copies the temp
 the Lightning LoRA nodes when ``lightning`` is off, chains the user's LoRA pairs on each expert, inserts
 context windows for videos longer than one window, adds CLIP vision nodes when a CLIP vision model is named
 and frame interpolation between decode and the video when the job interpolates, and sets SaveVideo's H.264
-quality. Which node loads which model file comes from :mod:`worker.roles`. Node ids of the shared nodes never
-depend on the job, so that ComfyUI's cache keeps the loaded experts between jobs, whichever mode they are.
+quality; an extension starts from a video's last frames. Which node loads which model file comes from
+:mod:`worker.roles`. Node ids of shared nodes never depend on the job, so ComfyUI's cache keeps the experts.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .models import roles
-from .schema import CONTEXT_WINDOW, JobInput
+from .schema import CONTEXT_WINDOW, JobInput, round_to_multiple
 
 Graph = dict[str, dict[str, Any]]
 
@@ -40,6 +40,7 @@ TEMPLATE_NODES: dict[str, str] = {
 }
 """The nodes both templates must have: each model role's loader (its id is the role), and the rest."""
 OUTPUT_NODE = "save_video"
+LAST_FRAME = "save_last_frame"
 INTERPOLATE_NODE = "interpolate"
 EXPERTS = ("high", "low")
 
@@ -83,10 +84,11 @@ class ModelFiles:
 
 @dataclass(frozen=True)
 class Images:
-    """The names under which the input images were uploaded to ComfyUI."""
+    """The names under which the input images (or the video to extend) were uploaded to ComfyUI."""
 
-    start: str
+    start: str | None
     end: str | None = None
+    video: str | None = None
 
 
 def load_template(workflows_dir: Path, mode: str) -> Graph:
@@ -135,12 +137,16 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
             _add_loader(graph, role, name, job)
     _set(graph, "positive", text=job.prompt)
     _set(graph, "negative", text=job.negative_prompt)
-    _set(graph, "start_image", image=images.start)
+    if images.video is not None:
+        _extend(graph, images.video, job.extend_frames, job.length)
+    else:
+        _set(graph, "start_image", image=images.start)
     if mode == "flf2v":
         if images.end is None:
             raise ValueError("an FLF2V job needs an uploaded end image")
         _set(graph, "end_image", image=images.end)
-    _set(graph, "conditioning", width=job.width, height=job.height, length=job.length)
+    sides = {side: round_to_multiple(getattr(job, side), 16) for side in ("width", "height")}
+    _set(graph, "conditioning", **sides, length=job.length)
 
     for expert in EXPERTS:
         tail = _model_chain(graph, job, files, expert)
@@ -152,6 +158,9 @@ def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, f
     _set(graph, "sampler_low", noise_seed=seed, steps=steps, cfg=cfg, start_at_step=split, end_at_step=10000)
     _set(graph, "video", fps=float(job.output_fps))
     _set(graph, "save_video", filename_prefix=filename_prefix, **save_video_encoding(job.crf))
+    if job.return_last_frame:
+        graph["last_frame"] = _pick("Last frame", graph["video"]["inputs"]["images"], -1, 1)
+        graph[LAST_FRAME] = _node("SaveImage", "", images=["last_frame", 0], filename_prefix=filename_prefix)
 
     return graph
 
@@ -238,6 +247,27 @@ def _add_loader(graph: Graph, role: roles.ModelRole, name: str, job: JobInput) -
         _clip_vision(graph, job.mode)
     elif role.name == "interpolation_model":
         _interpolate(graph, role.name, job.interpolate)
+
+
+def _node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
+    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title or class_type}}
+
+
+def _pick(title: str, images: Any, index: int, length: int) -> dict[str, Any]:
+    return _node("ImageFromBatch", title, image=images, batch_index=index, length=length)
+
+
+def _extend(graph: Graph, video: str, frames: int, length: int) -> None:
+    """The video's last ``frames`` frames start the clip; the clip's frames after them are appended to it."""
+    graph["given_video"] = _node("LoadVideo", "Video to extend", file=video)
+    graph["given_frames"] = _node("GetVideoComponents", "Its frames", video=["given_video", 0])
+    graph["start_image"] = _pick("Its last frames", ["given_frames", 0], -frames, frames)
+    graph["new_frames"] = _pick("New frames", graph["video"]["inputs"]["images"], frames, length - frames)
+    graph["joined"] = _node("ImageBatch", "", image1=["given_frames", 0], image2=["new_frames", 0])
+    graph["video"]["inputs"]["images"] = ["joined", 0]
+    if "clip_vision_start" in graph:  # CLIP vision sees the video's last frame
+        graph["given_last"] = _pick("Its last frame", ["given_frames", 0], -1, 1)
+        graph["clip_vision_start"]["inputs"]["image"] = ["given_last", 0]
 
 
 def _interpolate(graph: Graph, loader: str, multiplier: int) -> None:

@@ -14,6 +14,7 @@ An async handler, so that RunPod's cancel (task cancellation) reaches it; blocki
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import threading
@@ -27,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import cleanup, deliver, framing, graph, media
+from . import cleanup, deliver, extend, framing, graph, media
 from .comfy import ComfyClient, Outcome, OutputFile, ProgressCallback, Watch
 from .config import Settings
 from .errors import (
@@ -44,6 +45,7 @@ from .progress import ProgressReporter, Sender, runpod_sender
 from .schema import JobInput, describe_errors, parse_job_input
 
 log = logging.getLogger("worker.handler")
+Upload = media.ImageData | extend.GivenVideo | None
 
 
 @lru_cache(maxsize=1)
@@ -164,7 +166,9 @@ async def make_video(run: JobRun) -> dict[str, Any]:
 
     with run.stage("inputs", "inputs"):
         start_image, end_image = await load_images(run, job)
-        framing.frame(job, start_image.width, start_image.height)
+        given = await asyncio.to_thread(extend.load, job, run.settings) if job.extends else None
+        if start_image is not None:
+            framing.frame(job, start_image.width, start_image.height)
     log.info(
         "job %s: %s %dx%d, %d frames, %d steps, lightning %s, %d LoRA pairs",
         run.job_id,
@@ -191,7 +195,7 @@ async def make_video(run: JobRun) -> dict[str, Any]:
         await asyncio.to_thread(run.client.wait_ready, run.settings.comfy_start_timeout_s, cancel=run.cancel)
     with run.stage(None, "upload"):
         await asyncio.to_thread(jobmodels.check_available, run.client.list_models, files, job)
-        images = await upload_images(run, start_image, end_image)
+        images = await upload_images(run, start_image, end_image, given)
 
     bound = graph.bind(
         graph.load_template(run.settings.workflows_dir, job.mode),
@@ -208,6 +212,8 @@ async def make_video(run: JobRun) -> dict[str, Any]:
         delivered, size = await asyncio.to_thread(
             deliver_video, run, find_video(outcome), bucket, output_mode
         )
+        if job.return_last_frame:
+            delivered |= await asyncio.to_thread(deliver_frame, run, outcome, bucket, output_mode)
     run.timings["total"] = round(time.monotonic() - run.started, 3)
     run.finished = True
     log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], size)
@@ -216,6 +222,7 @@ async def make_video(run: JobRun) -> dict[str, Any]:
             **delivered,
             "mime_type": deliver.MIME_TYPE,
             **job.report(),
+            **(extend.report(given, job) if given else {}),
             "size_bytes": size,
             "cached_nodes": outcome.cached_nodes,
             "timings": run.timings,
@@ -242,7 +249,7 @@ def invalid_input(exc: ValidationError) -> InvalidInput:
     return InvalidInput(summary + more, details=problems)
 
 
-async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData, media.ImageData | None]:
+async def load_images(run: JobRun, job: JobInput) -> tuple[Upload, Upload]:
     """Start and end images, fetched concurrently."""
     s = run.settings
     limits = image_limits(s)
@@ -258,7 +265,7 @@ async def load_images(run: JobRun, job: JobInput) -> tuple[media.ImageData, medi
         )
 
     start, end = await asyncio.gather(asyncio.to_thread(load, "image"), asyncio.to_thread(load, "end_image"))
-    if start is None:
+    if start is None and not job.extends:
         raise InvalidInput("a start image is required", details=[{"field": "image_url"}])
     return start, end
 
@@ -271,19 +278,17 @@ def image_limits(s: Settings) -> media.ImageLimits:
     )
 
 
-async def upload_images(run: JobRun, start: media.ImageData, end: media.ImageData | None) -> graph.Images:
-    async def put(role: str, image: media.ImageData) -> str:
-        name = f"wan_{run.safe_id}_{role}_{uuid.uuid4().hex[:8]}.{image.extension}"
-        stored = await asyncio.to_thread(
-            run.client.upload_image, image.data, name, mime=f"image/{image.format}"
-        )
+async def upload_images(run: JobRun, start: Upload, end: Upload, video: Upload = None) -> graph.Images:
+    async def put(role: str, item: Upload) -> str | None:
+        if item is None:
+            return None
+        name = f"wan_{run.safe_id}_{role}_{uuid.uuid4().hex[:8]}.{item.extension}"
+        stored = await asyncio.to_thread(run.client.upload_image, item.data, name, mime=item.mime)
         run.uploads.append(stored)
         return stored
 
-    if end is None:
-        return graph.Images(start=await put("start", start))
-    first, last = await asyncio.gather(put("start", start), put("end", end))
-    return graph.Images(start=first, end=last)
+    first, last, given = await asyncio.gather(put("start", start), put("end", end), put("given", video))
+    return graph.Images(start=first, end=last, video=given)
 
 
 def execute(run: JobRun, bound: graph.Graph, job: JobInput) -> Outcome:
@@ -349,6 +354,18 @@ def deliver_video(
     if not run.client.read_output(video, encoder):
         raise empty
     return encoder.result(), encoder.size
+
+
+def deliver_frame(run: JobRun, outcome: Outcome, bucket: deliver.Bucket | None, mode: str) -> dict[str, str]:
+    """The video's last frame as a PNG, inline or beside the video in the bucket (blocking)."""
+    frames = [o for o in outcome.outputs if o.node_id == graph.LAST_FRAME]
+    if not frames:
+        raise NoOutput("ComfyUI finished without writing the last frame; its log may say why")
+    data = run.client.fetch_output(frames[0])
+    if mode == "url" and bucket is not None:
+        key = deliver.object_key(run.safe_id, "_last_frame.png")
+        return {"last_frame_url": deliver.upload(data, key=key, bucket=bucket, content_type="image/png")}
+    return {"last_frame": base64.b64encode(data).decode("ascii")}
 
 
 def stop_comfy(run: JobRun) -> None:

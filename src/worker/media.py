@@ -33,8 +33,8 @@ _FORMATS: dict[str, ImageFormat] = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I
 )
-_ACCEPTED_MIME = {"image/png", "image/jpeg", "image/jpg", "image/webp"}
-MEDIA_MIME = {*_ACCEPTED_MIME, "video/mp4", "video/webm"}
+IMAGE_MIME = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
+MEDIA_MIME = IMAGE_MIME | {"video/mp4", "video/webm"}
 """Data URI types of a file a workflow job uploads: an image, or a video for LoadVideo."""
 FETCH_DEADLINE_S = 60.0
 CHUNK = 64 * 1024
@@ -53,6 +53,10 @@ class ImageData:
     def extension(self) -> str:
         return _EXTENSIONS[self.format]
 
+    @property
+    def mime(self) -> str:
+        return f"image/{self.format}"
+
 
 @dataclass(frozen=True)
 class ImageLimits:
@@ -67,15 +71,15 @@ class ImageLimits:
 # --------------------------------------------------------------------------------------------- sources
 
 
-def decode_base64(value: str, *, field: str, max_bytes: int, mimes: set[str] = _ACCEPTED_MIME) -> bytes:
-    """Raw base64 or a ``data:<one of mimes>;base64,`` URI; the size is checked before anything is decoded."""
+def decode_base64(value: str, *, field: str, max_bytes: int, accepted: frozenset[str] = IMAGE_MIME) -> bytes:
+    """Raw base64 or a ``data:<accepted type>;base64,`` URI; the size is checked before anything is decoded."""
     text = value.strip()
     match = _DATA_URI.match(text)
     if match:
         mime = (match.group("mime") or "").lower()
-        if mime not in mimes:
+        if mime not in accepted:
             raise InvalidImage(
-                f"{field} is a data URI of type {mime or 'none'!r}; accepted: {', '.join(sorted(mimes))}",
+                f"{field} is a data URI of type {mime or 'none'!r}; only {', '.join(sorted(accepted))} fit",
                 details=[{"field": field}],
             )
         if not match.group("b64"):

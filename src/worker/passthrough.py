@@ -78,7 +78,7 @@ def load_file(source: str, index: int, s: Settings) -> tuple[bytes, str]:
     if re.match(r"^\s*https?://", source, flags=re.IGNORECASE):
         data = media.fetch_url(source.strip(), field=field, limits=limits)
     else:
-        data = media.decode_base64(source, field=field, max_bytes=limits.max_bytes, mimes=media.MEDIA_MIME)
+        data = media.decode_base64(source, field=field, max_bytes=limits.max_bytes, accepted=media.MEDIA_MIME)
     if data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3":
         return data, "video/mp4" if data[4:8] == b"ftyp" else "video/webm"
     return data, f"image/{media.check_image(data, field=field, max_pixels=limits.max_pixels).format}"
@@ -125,7 +125,10 @@ def export_graph(argv: list[str], s: Settings) -> int:
         job = parse_job_input(raw.get("input", raw) if isinstance(raw, dict) else raw)
         if refs := jobmodels.url_refs(job):
             raise InvalidInput(f"{refs[0].field}: name model files on the volume; graph fetches nothing")
+        if job.extends:
+            raise InvalidInput("extend_video_*: graph exports I2V and FLF2V jobs, not extensions")
         start, end = asyncio.run(handler.load_images(cast(handler.JobRun, SimpleNamespace(settings=s)), job))
+        assert isinstance(start, media.ImageData)  # required unless the job extends a video
     except (OSError, ValueError, WorkerError) as exc:
         message = handler.invalid_input(exc).message if isinstance(exc, ValidationError) else str(exc)
         print(f"usage: python -m worker graph JOB.json\n{message}", file=sys.stderr)

@@ -62,6 +62,8 @@ frames of 832x480 already take 7.7 GB of RAM."""
 MAX_OUTPUT_FPS = 120.0
 """ComfyUI's CreateVideo takes at most 120 fps."""
 MAX_WORKFLOW_NODES, MAX_WORKFLOW_BYTES, MAX_WORKFLOW_FILES = 1000, 2 * 1024 * 1024, 16
+EXTEND_FRAMES = 5
+EXTEND_SOURCES = ("extend_video_url", "extend_video_base64", "extend_video_path")
 
 
 def round_to_multiple(value: int, multiple: int) -> int:
@@ -209,6 +211,12 @@ class JobInput(_ModelOverrides):
     end_image_path: str | None = Field(
         default=None, min_length=1, max_length=4096, description="the last frame as a file in the volume"
     )
+    extend_video_url: Url = Field(default=None, description="an MP4 to extend, in place of a start image")
+    extend_video_base64: str | None = Field(default=None, description="the MP4 to extend as base64")
+    extend_video_path: str | None = Field(default=None, max_length=4096, description="the MP4 on the volume")
+    extend_frames: int = Field(
+        default=EXTEND_FRAMES, ge=1, le=MAX_LENGTH, description="last frames the clip starts from; 4n+1"
+    )
 
     width: int = Field(
         default=480,
@@ -302,6 +310,7 @@ class JobInput(_ModelOverrides):
         "texture and smooth gradients of generated video free of visible blocking, for a file somewhat larger "
         "than at x264's own default of 23",
     )
+    return_last_frame: bool = Field(default=False, description="also return the video's last frame as a PNG")
     output: OutputMode = Field(
         default="auto", description="base64, url (the bucket), or auto (url when a bucket is configured)"
     )
@@ -315,14 +324,14 @@ class JobInput(_ModelOverrides):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("image_path", "end_image_path")
+    @field_validator("image_path", "end_image_path", "extend_video_path")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL bytes")
         return value
 
-    @field_validator("image_base64", "end_image_base64")
+    @field_validator("image_base64", "end_image_base64", "extend_video_base64")
     @classmethod
     def _base64_not_empty(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -356,7 +365,18 @@ class JobInput(_ModelOverrides):
         if self.seed == -1:
             self.seed = secrets.randbelow(RANDOM_SEED_LIMIT)
         self._check_interpolation()
+        self._check_extension()
         return self
+
+    def _check_extension(self) -> None:
+        if self.extend_frames != EXTEND_FRAMES and not self.extends:
+            raise field_problem("extend_frames", f"needs a video to extend ({', '.join(EXTEND_SOURCES)})")
+        if self.extends and self.extend_frames % 4 != 1:
+            raise field_problem("extend_frames", f"must be 4n+1 (1, 5, 9 ...), got {self.extend_frames}")
+        if self.extends and self.length <= self.extend_frames:
+            raise field_problem("length", f"counts the extend_frames too: more than {self.extend_frames}")
+        if self.extends and self.interpolates:
+            raise field_problem("interpolate", "cannot be combined with extending a video; leave it at 1")
 
     def _check_interpolation(self) -> None:
         if self.output_length > MAX_OUTPUT_FRAMES:
@@ -374,7 +394,10 @@ class JobInput(_ModelOverrides):
 
     def _check_image_sources(self) -> None:
         starts = [n for n in ("image_url", "image_base64", "image_path") if getattr(self, n) is not None]
-        if len(starts) != 1:
+        videos = [n for n in EXTEND_SOURCES if getattr(self, n) is not None]
+        if videos and len(videos + starts) > 1:
+            raise field_problem(videos[0], f"give one video and no start image: {', '.join(videos + starts)}")
+        if not videos and len(starts) != 1:
             given = f"got {', '.join(starts)}" if starts else "got none"
             raise field_problem(
                 "image_url", f"exactly one of image_url, image_base64, image_path is required ({given})"
@@ -419,6 +442,10 @@ class JobInput(_ModelOverrides):
         """``flf2v`` when an end image is given, else ``i2v``."""
         has_end = self.end_image_url or self.end_image_base64 or self.end_image_path
         return "flf2v" if has_end else "i2v"
+
+    @property
+    def extends(self) -> bool:
+        return any(getattr(self, n) is not None for n in EXTEND_SOURCES)
 
     @property
     def interpolates(self) -> bool:

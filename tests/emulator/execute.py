@@ -94,7 +94,7 @@ def cache_keys(graph: dict[str, Any], input_dir: str) -> dict[str, str]:
             parts: list[Any] = [node["class_type"]]
             for name, value in sorted(node["inputs"].items()):
                 parts.append([name, [key(value[0]), value[1]] if is_link(value) else value])
-            if node["class_type"] == "LoadImage":
+            if node["class_type"] in ("LoadImage", "LoadVideo"):
                 with contextlib.suppress(OSError), open(_input_path(input_dir, node), "rb") as fh:
                     parts.append(hashlib.sha256(fh.read()).hexdigest())
             keys[node_id] = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
@@ -106,7 +106,8 @@ def cache_keys(graph: dict[str, Any], input_dir: str) -> dict[str, str]:
 
 
 def _input_path(input_dir: str, node: dict[str, Any]) -> str:
-    return os.path.join(input_dir, os.path.basename(str(node["inputs"]["image"])))
+    name = node["inputs"]["image" if node["class_type"] == "LoadImage" else "file"]
+    return os.path.join(input_dir, os.path.basename(str(name)))
 
 
 def execution_order(
@@ -302,6 +303,22 @@ class Executor:
         if class_type == "LoadImage":
             path = _input_path(core.dirs["input"], node)
             return (await asyncio.to_thread(media.load_image, path), None), None
+        if class_type == "LoadVideo":
+            path = _input_path(core.dirs["input"], node)
+            return (Video(*await asyncio.to_thread(media.read_mp4, path)),), None
+        if class_type == "GetVideoComponents":
+            video = args["video"]
+            return (video.frames, None, video.fps, 8), None
+        if class_type == "ImageFromBatch":
+            frames = media.as_frames(args["image"])
+            index = int(args["batch_index"]) + (len(frames) if int(args["batch_index"]) < 0 else 0)
+            index = max(0, min(len(frames) - 1, index))
+            return (frames[index : index + int(args["length"])],), None
+        if class_type == "ImageBatch":
+            first, second = media.as_frames(args["image1"]), media.as_frames(args["image2"])
+            return (first + [media.fit(f, *first[0].size) for f in second],), None
+        if class_type == "SaveImage":
+            return (args["images"],), await self.save_images(args)
         if class_type in ("WanImageToVideo", "WanFirstLastFrameToVideo"):
             count = ((int(args["length"]) - 1) // 4) * 4 + 1
             size = (int(args["width"]) // 8) * 8, (int(args["height"]) // 8) * 8
@@ -329,8 +346,6 @@ class Executor:
             return (args["video"],), await self.save_video(args)
         if class_type == "ImageInvert":
             return (ImageOps.invert(args["image"]),), None
-        if class_type == "SaveImage":
-            return (args["images"],), await self.save_image(args)
         return tuple(f"<{kind} of {node_id}>" for kind in core.defs.outputs(class_type)), None
 
     def output_name(self, prefix: str, extension: str) -> tuple[str, str, str]:
@@ -345,14 +360,17 @@ class Executor:
             f"{stem}_{max((int(n) for n in taken if n.isdigit()), default=0) + 1:05}_.{extension}",
         )
 
-    async def save_image(self, args: dict[str, Any]) -> dict[str, Any] | None:
-        """SaveImage of one picture: a PNG, reported under ``images``."""
+    async def save_images(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        """SaveImage: one PNG per frame, each under ComfyUI's next free ``<stem>_<counter>_.png``."""
         if self.faults.get("no_output"):
             return None
-        folder, subfolder, name = self.output_name(str(args["filename_prefix"]), "png")
-        await asyncio.to_thread(args["images"].save, os.path.join(folder, name), "PNG")
-        self.core.stats["outputs"].append(os.path.join(subfolder, name))
-        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
+        saved = []
+        for frame in media.as_frames(args["images"]):
+            folder, subfolder, name = self.output_name(str(args["filename_prefix"]), "png")
+            await asyncio.to_thread(frame.save, os.path.join(folder, name), "PNG")
+            self.core.stats["outputs"].append(os.path.join(subfolder, name))
+            saved.append({"filename": name, "subfolder": subfolder, "type": "output"})
+        return {"images": saved}
 
     async def save_video(self, args: dict[str, Any]) -> dict[str, Any] | None:
         if self.faults.get("no_output"):

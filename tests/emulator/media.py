@@ -33,16 +33,34 @@ def fit(img: Image.Image, width: int, height: int) -> Image.Image:
     return img.resize((width, height), Image.Resampling.BILINEAR)
 
 
+def as_frames(images: Image.Image | Frames) -> Frames:
+    """An IMAGE as a list of frames (LoadImage's is one picture)."""
+    return images if isinstance(images, list) else [images]
+
+
 def video_frames(
-    width: int, height: int, count: int, start: Image.Image | None, end: Image.Image | None
+    width: int, height: int, count: int, start: Image.Image | Frames | None, end: Image.Image | None
 ) -> Frames:
     """What a Wan video of a start (and end) image shows here: the start image held, or a cross-fade to the end
-    image (grey where there is no start image)."""
-    first = fit(start, width, height) if start is not None else Image.new("RGB", (width, height), (128,) * 3)
+    image (grey where there is no start image). Several start frames (an extension) come first, then the last
+    of them is held or cross-faded."""
+    given = [fit(f, width, height) for f in as_frames(start)[:count]] if start is not None else []
+    first = given.pop() if given else Image.new("RGB", (width, height), (128,) * 3)
     if end is None:
-        return [first] * count
+        return given + [first] * (count - len(given))
     last = fit(end, width, height)
-    return [Image.blend(first, last, i / (count - 1)) if count > 1 else last for i in range(count)]
+    rest = count - len(given)
+    return given + [Image.blend(first, last, i / (rest - 1)) if rest > 1 else last for i in range(rest)]
+
+
+def read_mp4(path: str) -> tuple[Frames, float]:
+    """The frames and frame rate of an MP4 (LoadVideo with GetVideoComponents)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_image() for frame in container.decode(stream)]
+        return frames, float(stream.average_rate or stream.guessed_rate or 0)
 
 
 def interpolate(frames: Frames, multiplier: int) -> Frames:

@@ -122,9 +122,9 @@ class Checker:
             value = inputs[name]
             if isinstance(value, list):
                 ok = self._check_link(node_id, name, kind, value, errors, visiting) and ok
-            elif class_type == "LoadImage" and name == "image":
+            elif (class_type, name) in (("LoadImage", "image"), ("LoadVideo", "file")):
                 if not os.path.isfile(os.path.join(self.input_dir, os.path.basename(str(value)))):
-                    details = f"image - Invalid image file: {value}"
+                    details = f"{name} - Invalid {name if name == 'image' else 'video'} file: {value}"
                     errors.append(
                         error(
                             "custom_validation_failed",

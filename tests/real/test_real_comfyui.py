@@ -8,7 +8,7 @@ In this order, which the tests rely on:
 4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), LoRA pairs
    with CLIP vision, FILM frame interpolation, a video longer than one context window, a cancel (through a stand-in of RunPod's job
    API, the only way a cancel reaches a worker), workflow jobs (an image-only graph, a built-in job's exported
-   graph, hostile graphs), and twenty jobs in a row.
+   graph, hostile graphs), a video extended from its last frames, and twenty jobs in a row.
 
 Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
 a minute per 512-token prompt on two CPU cores) and keeps the encoding for the jobs after.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import itertools
 import json
 import re
@@ -27,13 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 import requests
+from PIL import Image
 
 from tests.emulator import Emulator
 from tests.support.images import data_uri, image_bytes
 from tests.support.installed import Installed
-from tests.support.video import probe_b64
+from tests.support.video import make_mp4, probe_b64
 from tests.support.worker_proc import LocalApi
 from worker import graph
 from worker.models import roles
@@ -672,6 +675,63 @@ def test_a_hostile_workflow_gets_a_clear_error_and_the_next_job_runs(
     assert not list(comfyui.input_dir.parent.rglob("escape.png")), "a file escaped ComfyUI's input folder"
     after = local_api.runsync(workflow_job(), timeout=JOB_S)
     assert after["status"] == "COMPLETED", after
+
+
+# --------------------------------------------------------------------------------------------- video extension
+GIVEN_MP4 = make_mp4(17, (128, 128), 16)
+
+
+def extension(**fields: Any) -> dict[str, Any]:
+    """A job extending GIVEN_MP4: no start image and no size (they come from the video)."""
+    base = {k: v for k, v in job(**fields).items() if k not in ("image_base64", "width", "height")}
+    return {"extend_video_base64": base64.b64encode(GIVEN_MP4).decode(), "extend_frames": 5, **base}
+
+
+@pytest.mark.parametrize("mode", ["i2v", "flf2v"])
+def test_extension_graphs_are_accepted(comfyui: RealComfyUI, mode: str) -> None:
+    fields = extension(return_last_frame=True, **({"end_image_base64": END} if mode == "flf2v" else {}))
+    names = {role.name: validation_name(role.name) for role in roles.ROLES}
+    images = graph.Images(
+        start=None,
+        end=comfyui.upload_image(END_PNG, "validate_end.png") if mode == "flf2v" else None,
+        video=comfyui.upload_image(GIVEN_MP4, "validate_given.mp4"),
+    )
+    template = graph.load_template(REPO / "workflows", mode)
+    job_input = parse_job_input(fields)
+    job_input.width = job_input.height = 128
+    prompt = graph.bind(
+        template, job_input, graph.ModelFiles(**names), images, filename_prefix="validate/ext"
+    )
+    assert {"given_video", "joined", "given_last", graph.LAST_FRAME} <= set(prompt)
+    status, body = comfyui.post_prompt(prompt)
+    assert status == 200 and body.get("node_errors") == {}, describe_refusal(body)
+    comfyui.wait_queue_empty(timeout_s=300)
+
+
+def frame_reds(data: bytes) -> list[float]:
+    with av.open(io.BytesIO(data)) as container:
+        return [float(f.to_ndarray(format="rgb24")[..., 0].mean()) for f in container.decode(video=0)]
+
+
+def test_extending_17_frames_by_9_with_5_shared_gives_21(local_api: LocalApi) -> None:
+    body = local_api.runsync(extension(length=9, seed=16, return_last_frame=True), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    check_video(out, frames=21)
+    assert out["frames"] == {"given": 17, "new": 4, "delivered": 21}
+    assert (out["width"], out["height"], out["fps"]) == (128, 128, 16.0)
+    given, delivered = frame_reds(GIVEN_MP4), frame_reds(base64.b64decode(out["video"]))
+    assert all(abs(a - b) < 4 for a, b in zip(given, delivered[:17], strict=True)), (given, delivered)
+    last = Image.open(io.BytesIO(base64.b64decode(out["last_frame"])))
+    assert (last.format, last.size) == ("PNG", (128, 128))
+    print(f"extension 17 + 9 - 5 frames: {out['timings']}")
+
+
+def test_an_extension_longer_than_one_window(local_api: LocalApi) -> None:
+    body = local_api.runsync(extension(length=85, seed=17), timeout=JOB_S)
+    assert body["status"] == "COMPLETED", body
+    check_video(body["output"], frames=97)
+    print(f"extension 17 + 85 - 5 frames: {body['output']['timings']}")
 
 
 @pytest.mark.timeout(20 * JOB_S)
