@@ -21,7 +21,7 @@ from worker.client import (
     workflow_input,
 )
 from worker.client.cli import main
-from worker.client.options import WORKFLOW_FIELDS, add_job_options, job_fields
+from worker.client.options import add_job_options, job_fields
 from worker.schema import input_json_schema
 
 GRAPH = {
@@ -257,29 +257,17 @@ def test_the_python_api(runpod: FakeRunPod, png: Path, tmp_path: Path) -> None:
 
 
 def test_the_new_contract_fields_get_their_options() -> None:
-    """Once the worker's schema has them: ``--extend-frames`` and ``--return-last-frame`` appear by themselves, the
+    """The contract's extension fields become options by themselves (``--extend-frames``, ``--return-last-frame``), the
     video fields are set by ``--video`` / ``--video-url``, and ``workflow`` offers only what goes beside a graph."""
-    schema = input_json_schema()
-    schema["properties"] |= {
-        "extend_video_url": {"type": "string"},
-        "extend_video_base64": {"type": "string"},
-        "extend_video_path": {"type": "string"},
-        "extend_frames": {"type": "integer", "minimum": 1, "maximum": 81, "description": "overlap"},
-        "return_last_frame": {"type": "boolean", "default": False, "description": "the last frame too"},
-        "workflow": {"type": "object"},
-        "images": {"type": "array"},
-        "models": {"type": "array", "description": "models to fetch"},
-    }
     parser = argparse.ArgumentParser()
-    add_job_options(parser, schema)
+    add_job_options(parser)
     sent = job_fields(parser.parse_args(["--prompt", "p", "--extend-frames", "9", "--return-last-frame"]))
     assert (sent["extend_frames"], sent["return_last_frame"]) == (9, True)
     assert not {"extend_video_url", "extend_video_base64", "workflow", "images"} & set(sent)
     graph = argparse.ArgumentParser()
-    add_job_options(graph, schema, only=WORKFLOW_FIELDS)
-    sent = job_fields(
-        graph.parse_args(["--output-mode", "url", "--models", '[{"url": "u", "folder": "loras"}]'])
-    )
-    assert sent == {"output": "url", "return_last_frame": None, "models": [{"url": "u", "folder": "loras"}]}
+    add_job_options(graph, input_json_schema(workflow=True))
+    models = '[{"url": "u", "folder": "loras"}]'
+    sent = job_fields(graph.parse_args(["--output-mode", "url", "--models", models]))
+    assert sent == {"output": "url", "models": [{"url": "u", "folder": "loras"}]}
     with pytest.raises(SystemExit):
         graph.parse_args(["--prompt", "p"])

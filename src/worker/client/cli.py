@@ -12,8 +12,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..schema import input_json_schema
 from . import Client, ClientError, Interrupted, JobFailed, Progress, UsageError, make_input, workflow_input
-from .options import DEST, WORKFLOW_FIELDS, add_job_options, job_fields
+from .options import DEST, add_job_options, job_fields
 
 try:
     from .progress import ProgressBar, format_elapsed, print_table
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     files = "a file that the graph loads by NAME: a local file or an http(s) URL; repeatable"
     flow.add_argument("--image", action="append", default=[], metavar="NAME=PATH", help=files)
     flow.add_argument("--output-dir", dest="output", required=True, type=Path, help="folder for its files")
-    add_job_options(flow, only=WORKFLOW_FIELDS)
+    add_job_options(
+        flow, input_json_schema(workflow=True)
+    )  # the fields a workflow job takes beside its graph
     return parser
 
 

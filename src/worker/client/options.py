@@ -15,7 +15,6 @@ OPTION_NAMES |= {"output": "--output-mode", "lora_pairs": "--lora"}
 """Options not named ``--field-name`` (``--no-field-name`` for a field true by default). ``--output`` is the file."""
 IMAGE_FIELD = re.compile(r"((end_)?image|extend_video)_(url|base64|path)|workflow|images")
 """Set by ``--image`` / ``--end-image`` / ``--video`` (file, URL or ``volume:PATH``), or by ``workflow``."""
-WORKFLOW_FIELDS = {"output", "return_last_frame", "models"}  # what a workflow job takes beside its graph
 DEST, TYPES = "job:", {"integer": (int, "N"), "number": (float, "X"), "string": (str, "TEXT")}
 
 
@@ -42,14 +41,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:  # FIELD=VALUE, VALUE as JSO
         return name, raw
 
 
-def add_job_options(
-    parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None, only: set[str] | None = None
-) -> None:
-    """One option per field of the job contract (``schema``, by default :func:`input_json_schema`) or of ``only``."""
+def add_job_options(parser: argparse.ArgumentParser, schema: Mapping[str, Any] | None = None) -> None:
+    """One option per field of the job contract (``schema``, by default :func:`input_json_schema`)."""
     schema = schema if schema is not None else input_json_schema()
     group = parser.add_argument_group("job (see the README's API reference)")
     for name, spec in sorted(schema["properties"].items(), key=lambda kv: "anyOf" in kv[1]):  # models last
-        if IMAGE_FIELD.fullmatch(name) or (only is not None and name not in only):
+        if IMAGE_FIELD.fullmatch(name):
             continue
         kind = next((s.get("type") for s in spec.get("anyOf", [spec]) if s.get("type") != "null"), None)
         flag, notes = name.replace("_", "-"), _notes(spec)
