@@ -24,6 +24,7 @@ usage: python -m worker [runpod flags]      (or: wan-worker ...)
        python -m worker schema [--markdown]
        python -m worker models {ensure,status,verify} [NAME ...]
        python -m worker settings [--write]
+       python -m worker readahead
 
 With no command, the RunPod worker starts and takes jobs from RunPod's job API. runpod's own flags pass
 through, among them:
@@ -38,10 +39,11 @@ commands:
   schema      print the JSON schema of a job's input (--markdown: the README's tables)
   models      the default model files on the volume: ensure, status, verify (models --help)
   settings    print the settings' documentation (--write: into README.md and .runpod/hub.json)
+  readahead   read the default models into the page cache (start.sh runs it while ComfyUI starts)
 
 The settings are environment variables (README.md, "Settings"). -h, --help: this text.
 """
-COMMANDS = ("schema", "models", "settings")
+COMMANDS = ("schema", "models", "settings", "readahead")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from .models.cli import main as models_main
 
         return models_main(args[1:])
+    if args[:1] == ["readahead"]:
+        from .readahead import main as readahead_main
+
+        return readahead_main(settings)
 
     _quiet_sdk_logs(args)
     import runpod
