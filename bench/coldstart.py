@@ -45,6 +45,8 @@ sys.path.insert(0, str(REPO / "src"))
 from tests.real.comfy_env import build_once, ensure_env  # noqa: E402
 from tests.support import slowfs  # noqa: E402
 
+from worker import readahead as readahead_mod  # noqa: E402
+
 MAKER = REPO / "bench" / "coldstart_models.py"
 GOAL = 1.25
 
@@ -90,7 +92,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_start_sh(name: str, mnt: Path, work: Path, *, readahead: bool) -> Run:
+def run_start_sh(name: str, mnt: Path, work: Path, *, readahead: bool, comfy_args: str, logs: Path) -> Run:
     """start.sh with the real ComfyUI and worker, which runs test_input.json's job and exits."""
     env_info = ensure_env()
     folder = work / name.replace(" ", "")
@@ -105,7 +107,7 @@ def run_start_sh(name: str, mnt: Path, work: Path, *, readahead: bool) -> Run:
         PYTHON=sys.executable,
         PYTHONPATH=str(REPO / "src"),
         COMFY_CMD=f"{env_info.python} {env_info.source / 'main.py'}",
-        COMFY_EXTRA_ARGS=f"{comfy_extra} --database-url sqlite:///:memory:",
+        COMFY_EXTRA_ARGS=f"{comfy_extra} --database-url sqlite:///:memory: {comfy_args}",
         COMFY_PORT=str(free_port()),
         COMFY_INPUT_DIR=str(folder / "input"),
         COMFY_OUTPUT_DIR=str(folder / "output"),
@@ -138,15 +140,28 @@ def run_start_sh(name: str, mnt: Path, work: Path, *, readahead: bool) -> Run:
             if "the worker exited" in line and not run.seconds:
                 run.seconds = now
 
+    def sample() -> None:  # what is cached, and the free memory: lines in the run's log
+        files = model_files(mnt)
+        while proc.poll() is None:
+            cached = sum(readahead_mod.cached_bytes(p) for p in files)
+            available = readahead_mod.meminfo("MemAvailable")
+            now = time.monotonic() - started
+            run.log.append(
+                f"{now:8.2f} [bench] cached {cached / 1e9:.2f} GB, MemAvailable {available / 1e9:.1f} GB"
+            )
+            time.sleep(2)
+
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    threading.Thread(target=sample, daemon=True).start()
     try:
         run.code = proc.wait(timeout=1800)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         run.code = proc.wait()
     reader.join(timeout=10)
-    (folder / "start.log").write_text("\n".join(run.log) + "\n", encoding="utf-8")
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{name}.log").write_text("\n".join(sorted(run.log)) + "\n", encoding="utf-8")
     run.seconds = run.seconds or time.monotonic() - started
     return run
 
@@ -170,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total-mb", type=float, default=1500.0, help="MB/s in all")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "wan-worker-bench")
     parser.add_argument("--runs", default="warm,cold,readahead", help="which runs, in order")
+    parser.add_argument(
+        "--comfy-args",
+        default="--bf16-text-enc --bf16-unet",
+        help="added to ComfyUI's options (default: bf16 weights, which CPUs with AMX compute fastest)",
+    )
     args = parser.parse_args(argv)
     if (reason := slowfs.unavailable()) is not None:
         print(f"coldstart: cannot run: {reason}", file=sys.stderr)
@@ -199,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                     warm_all(files)
                 else:
                     evict_all(files)
-                run = run_start_sh(which, mnt, work, readahead=which == "readahead")
+                logs = args.cache / "coldstart-logs"
+                run = run_start_sh(
+                    which, mnt, work, readahead=which == "readahead", comfy_args=args.comfy_args, logs=logs
+                )
                 runs[which] = run
                 ready = f"{run.comfy_ready_s:.1f} s" if run.comfy_ready_s else "-"
                 print(
