@@ -1,10 +1,10 @@
 """``python -m worker readahead``: read the first job's models into the page cache while ComfyUI starts.
 
 ComfyUI's loaders read a model through mmap page faults: one stream of small requests, each paying the network
-volume's latency. Read ahead in large parallel reads, the manifest's default files on the volume (experts, text
-encoder, VAE, LoRAs, in that order) arrive at the volume's full bandwidth while ComfyUI imports. Bounded by
-MemAvailable less a margin (a tenth of the RAM, at least 2 GiB); a file mostly cached already (util-linux's
-``fincore``: mincore(2), no byte read; without it, none counts as cached) or not on the volume is skipped."""
+volume's latency. Read ahead in large parallel reads, the manifest's default files on the volume (text encoder,
+VAE, then each expert and its LoRA, as a job loads them) arrive at the volume's full bandwidth while ComfyUI
+imports. Bounded by MemAvailable less a margin (a tenth of the RAM, at least 2 GiB); a file mostly cached
+already (util-linux's ``fincore``: mincore(2), no byte read; without it, none counts as cached) is skipped."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from .models.manifest import manifest_from_env
 from .models.volume import target_path
 
 CHUNK, BUFFER, THREADS = 64 << 20, 8 << 20, 16
-log = logging.getLogger("worker.readahead")
-_local = threading.local()
+ORDER = {
+    role: i for i, role in enumerate(("text_encoder", "vae", "high_model", "lightning_high", "low_model"))
+}
+log, _local = logging.getLogger("worker.readahead"), threading.local()
 
 
 def meminfo(key: str) -> int:
@@ -71,6 +73,7 @@ def readahead(paths: list[Path], budget: int, threads: int = THREADS) -> int:
 
 def main(settings: Settings) -> int:
     entries = [e for e in manifest_from_env(os.environ) if settings.readahead and not e.on_demand]
+    entries.sort(key=lambda e: ORDER.get(e.role or "", len(ORDER)))  # the order a job loads them
     paths = [p for e in entries if (p := target_path(settings.volume_root, e.kind, e.name)).is_file()]
     started, budget = time.monotonic(), meminfo("MemAvailable") - max(2 << 30, meminfo("MemTotal") // 10)
     done = readahead(paths, budget)

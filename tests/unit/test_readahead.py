@@ -90,3 +90,18 @@ def test_main_reads_the_default_models_on_the_volume(tmp_path: Path) -> None:
     assert readahead.main(Settings(volume_root=tmp_path)) == 0
     assert [cached_bytes(p) for p in models] == [MB] * 3
     assert cached_bytes(other) == 0
+
+
+def test_main_reads_in_the_order_a_job_loads_the_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = {e.role: e for e in load_manifest() if not e.on_demand}
+    folders = {"diffusion_models": "models"}
+    for entry in entries.values():
+        cold_file(tmp_path / folders.get(entry.kind, entry.kind) / entry.name, 4096)
+    seen: list[str] = []
+    monkeypatch.setattr(readahead, "readahead", lambda paths, budget: seen.extend(p.name for p in paths) or 0)
+
+    readahead.main(Settings(volume_root=tmp_path))
+    order = ["text_encoder", "vae", "high_model", "lightning_high", "low_model", "lightning_low"]
+    assert seen == [entries[role].name for role in order]
