@@ -1,10 +1,9 @@
 """``python -m worker readahead``: read the first job's models into the page cache while ComfyUI starts.
 
 ComfyUI's loaders read a model through mmap page faults: one stream of small requests, each paying the network
-volume's latency. Read ahead in large parallel reads, the manifest's default files on the volume (text encoder,
-VAE, then each expert and its LoRA, as a job loads them) arrive at the volume's full bandwidth while ComfyUI
-imports. Bounded by MemAvailable less a margin (a tenth of the RAM, at least 2 GiB); a file mostly cached
-already (util-linux's ``fincore``: mincore(2), no byte read; without it, none counts as cached) is skipped."""
+volume's latency. Read in large parallel reads while ComfyUI imports (the text encoder and VAE first, then each
+expert and its LoRA, as a job loads them), they arrive at the volume's full bandwidth. Bounded by MemAvailable less
+a margin; a file mostly cached already (util-linux's ``fincore``, mincore(2): no byte read) is skipped."""
 
 from __future__ import annotations
 
@@ -22,9 +21,7 @@ from .models.manifest import manifest_from_env
 from .models.volume import target_path
 
 CHUNK, BUFFER, THREADS = 64 << 20, 8 << 20, 16
-ORDER = {
-    role: i for i, role in enumerate(("text_encoder", "vae", "high_model", "lightning_high", "low_model"))
-}
+ORDER = ("text_encoder", "vae", "high_model", "lightning_high", "low_model", "lightning_low")
 log, _local = logging.getLogger("worker.readahead"), threading.local()
 
 
@@ -44,8 +41,7 @@ def plan(paths: list[Path], budget: int) -> list[tuple[Path, int, int]]:
     """The (file, offset, length) chunks to read: uncached files in order, up to ``budget`` bytes in all."""
     chunks = []
     for path in paths:
-        size = path.stat().st_size
-        if cached_bytes(path) >= size * 0.9 or budget <= 0:
+        if budget <= 0 or cached_bytes(path) >= (size := path.stat().st_size) * 0.9:
             continue
         take, budget = min(size, budget), budget - size
         chunks += [(path, offset, min(CHUNK, take - offset)) for offset in range(0, take, CHUNK)]
@@ -54,7 +50,7 @@ def plan(paths: list[Path], budget: int) -> list[tuple[Path, int, int]]:
 
 def read_chunk(path: Path, offset: int, length: int) -> int:
     """Read one chunk through its own file descriptor (a stream of its own) into the thread's buffer."""
-    view = _local.__dict__.setdefault("view", memoryview(bytearray(BUFFER)))
+    view = getattr(_local, "view", None) or _local.__dict__.setdefault("view", memoryview(bytearray(BUFFER)))
     fd, end = os.open(path, os.O_RDONLY), offset + length
     try:
         while offset < end and (got := os.preadv(fd, [view[: min(BUFFER, end - offset)]], offset)) > 0:
@@ -73,9 +69,13 @@ def readahead(paths: list[Path], budget: int, threads: int = THREADS) -> int:
 
 def main(settings: Settings) -> int:
     entries = [e for e in manifest_from_env(os.environ) if settings.readahead and not e.on_demand]
-    entries.sort(key=lambda e: ORDER.get(e.role or "", len(ORDER)))  # the order a job loads them
+    entries.sort(key=lambda e: ORDER.index(e.role) if e.role in ORDER else len(ORDER))  # as a job loads them
     paths = [p for e in entries if (p := target_path(settings.volume_root, e.kind, e.name)).is_file()]
     started, budget = time.monotonic(), meminfo("MemAvailable") - max(2 << 30, meminfo("MemTotal") // 10)
-    done = readahead(paths, budget)
+    try:
+        done = readahead(paths, budget)
+    except OSError as exc:  # a file replaced or unreadable: ComfyUI will say so when it loads it
+        log.warning("model read-ahead stopped: %s", exc)
+        return 1
     log.info("read %.2f GB of models ahead in %.1f s", done / 1e9, time.monotonic() - started)
     return 0

@@ -105,3 +105,17 @@ def test_main_reads_in_the_order_a_job_loads_the_models(
     readahead.main(Settings(volume_root=tmp_path))
     order = ["text_encoder", "vae", "high_model", "lightning_high", "low_model", "lightning_low"]
     assert seen == [entries[role].name for role in order]
+
+
+def test_a_read_error_stops_the_read_ahead_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = next(e for e in load_manifest() if e.role == "vae")
+    cold_file(tmp_path / "vae" / entry.name, MB)
+
+    def fails(path: Path, offset: int, length: int) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(readahead, "read_chunk", fails)
+    assert readahead.main(Settings(volume_root=tmp_path)) == 1
+    assert "model read-ahead stopped" in caplog.text
