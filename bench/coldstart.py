@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{which:>10}: {run.seconds:7.1f} s (ComfyUI ready at {ready}, exit {run.code})",
                     flush=True,
                 )
+                for line in run.log:
+                    if which == "readahead" and "worker.readahead: read" in line:
+                        print(f"{'':>12}{line.split('INFO ', 1)[-1]}")
                 if run.code != 0:
                     print("\n".join(run.log[-40:]), file=sys.stderr)
                     return 1
