@@ -3,7 +3,8 @@
 #
 #   1. ensure the default models are on the volume (`python -m worker models ensure`);
 #   2. start ComfyUI on 127.0.0.1:$COMFY_PORT with the project's extra_model_paths.yaml and
-#      --cache-classic (see "cache mode" below);
+#      --cache-classic (see "cache mode" below), and beside it `python -m worker readahead`, which reads the
+#      models the first job loads into the page cache while ComfyUI starts (READAHEAD=false: it does nothing);
 #   3. wait until ComfyUI answers GET /system_stats, failing at a deadline or as soon as it exits;
 #   4. run the RunPod worker (`python -m worker`, with the local API when SERVE_API_LOCALLY=true)
 #      and stay beside it as a small supervisor: SIGTERM goes to the worker (which finishes its
@@ -104,7 +105,7 @@ comfy_url="http://127.0.0.1:${COMFY_PORT}/system_stats"
 # Children are started in the background and waited for, so that a signal is handled at once
 # rather than after a foreground command ends. Background children of a non-interactive shell
 # ignore SIGINT, so SIGTERM is what is forwarded for both signals.
-models_pid="" comfy_pid="" worker_pid=""
+models_pid="" comfy_pid="" worker_pid="" readahead_pid=""
 stopping=0 stop_signal=""
 
 alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
@@ -148,6 +149,7 @@ on_exit() {
 	stop_child "$worker_pid" "the worker"
 	stop_child "$comfy_pid" "ComfyUI"
 	stop_child "$models_pid" "the model download"
+	stop_child "$readahead_pid" "the model read-ahead"
 }
 trap 'on_signal TERM' TERM
 trap 'on_signal INT' INT
@@ -204,6 +206,8 @@ comfy_args+=("${comfy_extra[@]}")
 log "starting ComfyUI: ${comfy_cmd[*]} ${comfy_args[*]}"
 "${comfy_cmd[@]}" "${comfy_args[@]}" &
 comfy_pid=$!
+"${worker_cmd[@]}" readahead &
+readahead_pid=$!
 
 # --------------------------------------------------------------------------- 3. wait for ComfyUI
 # probe: whether ComfyUI answers GET /system_stats with 200 within a second. Bash's own /dev/tcp, in a

@@ -1,4 +1,4 @@
-"""``python -m worker``: the RunPod worker, and its ``schema``, ``models`` and ``settings`` commands
+"""``python -m worker``: the RunPod worker, and its commands (schema, graph, models, settings, readahead)
 (:data:`USAGE`, which ``--help`` prints)."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ usage: python -m worker [runpod flags]      (or: wan-worker ...)
        python -m worker graph JOB.json
        python -m worker models {ensure,status,verify} [NAME ...]
        python -m worker settings [--write]
+       python -m worker readahead
 
 With no command, the RunPod worker starts and takes jobs from RunPod's job API. runpod's own flags pass
 through, among them:
@@ -40,10 +41,11 @@ commands:
   graph       print the ComfyUI API graph of a built-in job (the job, or its input), for a workflow job
   models      the default model files on the volume: ensure, status, verify (models --help)
   settings    print the settings' documentation (--write: into README.md and .runpod/hub.json)
+  readahead   read the default models into the page cache (start.sh runs it while ComfyUI starts)
 
 The settings are environment variables (README.md, "Settings"). -h, --help: this text.
 """
-COMMANDS = ("schema", "models", "settings", "graph")
+COMMANDS = ("schema", "models", "settings", "graph", "readahead")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from .passthrough import export_graph
 
         return export_graph(args[1:], settings)
+    if args[:1] == ["readahead"]:
+        from .readahead import main as readahead_main
+
+        return readahead_main(settings)
 
     _quiet_sdk_logs(args)
     import runpod

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     """Send per-step progress through RunPod (a few a second at most)."""
     log_level: LogLevel = setting("INFO", "Log level")
     """The worker's log level."""
+    readahead: bool = setting(True, "Read models ahead")
+    """While ComfyUI starts, read the default models into the page cache in large parallel reads (within the
+    free memory; skipped for files already cached)."""
     retain_freed_memory_mb: int = setting(512, "Memory kept between jobs (MB)", ge=0)
     """Memory freed by a job that the worker keeps for the next one instead of returning it; `0`: glibc's way."""
 

@@ -3,6 +3,8 @@
 ``fake_worker.py [--record FILE] [--exit N] [--models-exit N] [--term-delay S] [worker args...]``
 
 - ``... models ensure``: records the call and exits with ``--models-exit`` (0 by default);
+- ``... readahead``: records the call and exits 0, or with ``--readahead-hang`` runs until SIGTERM, records it
+  and exits 143;
 - otherwise records its arguments, then exits with ``--exit`` at once when given, or else runs until SIGTERM,
   records it, waits ``--term-delay`` seconds (a job finishing) and exits 0.
 """
@@ -25,6 +27,7 @@ def main() -> int:
     parser.add_argument("--exit", type=int, default=None)
     parser.add_argument("--models-exit", type=int, default=0)
     parser.add_argument("--term-delay", type=float, default=0.0)
+    parser.add_argument("--readahead-hang", action="store_true")
     args, rest = parser.parse_known_args()
 
     def record(event: str, **fields: Any) -> None:
@@ -36,6 +39,15 @@ def main() -> int:
     if rest[:2] == ["models", "ensure"]:
         record("models", argv=rest, volume_root=os.environ.get("VOLUME_ROOT"))
         return args.models_exit
+    if rest[:1] == ["readahead"]:
+        if args.readahead_hang:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        record("readahead", argv=rest, volume_root=os.environ.get("VOLUME_ROOT"))
+        if args.readahead_hang:
+            signal.sigwait([signal.SIGTERM])
+            record("readahead-sigterm")
+            return 143
+        return 0
 
     stopping = False
 

@@ -58,6 +58,10 @@ def test_steps_run_in_order_and_the_worker_status_is_the_exit_status(harness: Ha
     )
     assert models["argv"] == ["models", "ensure"]
     assert models["volume_root"] == str(harness.volume)
+    readahead = first(result.worker, "readahead")
+    assert readahead and readahead["argv"] == ["readahead"], result.worker
+    assert readahead["volume_root"] == str(harness.volume)
+    assert models["t"] <= readahead["t"]
     # ensure -> ComfyUI -> ComfyUI answers -> worker -> worker ends -> ComfyUI is stopped.
     assert models["t"] <= comfy_start["t"] <= answered["t"] <= worker_start["t"]
     assert worker_exit["t"] <= comfy_term["t"]
@@ -65,6 +69,21 @@ def test_steps_run_in_order_and_the_worker_status_is_the_exit_status(harness: Ha
     assert worker_start["env"] == {"VOLUME_ROOT": str(harness.volume), "COMFY_PORT": str(harness.port)}
     assert "ComfyUI is ready after" in result.stderr
     for pid in iter_pids(result.comfy):
+        assert not pid_alive(pid)
+
+
+def test_a_read_ahead_still_running_is_stopped_with_the_container(harness: Harness) -> None:
+    started = time.monotonic()
+    proc = harness.start(harness.env(WORKER_CMD=harness.worker_cmd("--readahead-hang")))
+    harness.wait_for_event(harness.worker_record, "readahead")
+    harness.wait_for_event(harness.worker_record, "start")
+    proc.send_signal(signal.SIGTERM)
+    result = harness.finish(proc, started, timeout=30)
+
+    assert result.code == 0, result.stderr
+    assert first(result.worker, "readahead-sigterm") is not None, result.worker
+    assert "stopping the model read-ahead" in result.stderr
+    for pid in iter_pids(result.worker):
         assert not pid_alive(pid)
 
 
@@ -217,6 +236,7 @@ def test_a_failed_model_ensure_stops_before_comfy(harness: Harness) -> None:
     assert "models ensure' failed (exit 2)" in result.stderr
     assert result.comfy == []
     assert first(result.worker, "start") is None
+    assert first(result.worker, "readahead") is None
 
 
 def test_fails_at_the_deadline_when_comfy_never_answers(harness: Harness) -> None:
@@ -229,6 +249,8 @@ def test_fails_at_the_deadline_when_comfy_never_answers(harness: Harness) -> Non
     # Not before the deadline, and not long after it (one probe is bounded to 1 s; the margin is for busy machines).
     assert 5.0 <= result.elapsed < 15.0, result.elapsed
     assert first(result.worker, "start") is None
+    # The read-ahead runs while ComfyUI starts, not after it answers.
+    assert first(result.worker, "readahead") is not None
     assert first(result.comfy, "sigterm") is not None
     for pid in iter_pids(result.comfy):
         assert not pid_alive(pid)
