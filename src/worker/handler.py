@@ -251,31 +251,19 @@ def invalid_input(exc: ValidationError) -> InvalidInput:
 
 async def load_images(run: JobRun, job: JobInput) -> tuple[Upload, Upload]:
     """Start and end images, fetched concurrently."""
-    s = run.settings
-    limits = image_limits(s)
+    limits = media.ImageLimits.from_settings(run.settings)
 
     def load(prefix: str) -> media.ImageData | None:
-        return media.load_image(
-            field_prefix=prefix,
-            url=getattr(job, f"{prefix}_url"),
-            b64=getattr(job, f"{prefix}_base64"),
-            path=getattr(job, f"{prefix}_path"),
-            limits=limits,
-            volume_root=s.volume_root,
-        )
+        for name in (f"{prefix}_url", f"{prefix}_base64", f"{prefix}_path"):
+            if (value := getattr(job, name)) is not None:
+                data = media.read_source(name, value, limits, run.settings.volume_root)
+                return media.check_image(data, field=name, max_pixels=limits.max_pixels)
+        return None
 
     start, end = await asyncio.gather(asyncio.to_thread(load, "image"), asyncio.to_thread(load, "end_image"))
     if start is None and not job.extends:
         raise InvalidInput("a start image is required", details=[{"field": "image_url"}])
     return start, end
-
-
-def image_limits(s: Settings) -> media.ImageLimits:
-    return media.ImageLimits(
-        max_bytes=int(s.max_input_image_mb * 1024 * 1024),
-        max_pixels=s.max_input_image_pixels,
-        allow_private_urls=s.allow_private_urls,
-    )
 
 
 async def upload_images(run: JobRun, start: Upload, end: Upload, video: Upload = None) -> graph.Images:

@@ -74,7 +74,7 @@ def tagged(node: dict[str, Any], tag: str) -> dict[str, Any]:
 
 def load_file(source: str, index: int, s: Settings) -> tuple[bytes, str]:
     """An image, checked as the built-in jobs' are, or an MP4 / WebM video; and its MIME type."""
-    field, limits = f"images[{index}].image", handler.image_limits(s)
+    field, limits = f"images[{index}].image", media.ImageLimits.from_settings(s)
     if re.match(r"^\s*https?://", source, flags=re.IGNORECASE):
         data = media.fetch_url(source.strip(), field=field, limits=limits)
     else:
