@@ -317,10 +317,10 @@ class JobInput(_ModelOverrides):
 
     adjustments: list[Adjustment] = Field(default_factory=list, exclude=True)
 
-    @field_validator("prompt")
+    @field_validator("prompt", "image_base64", "end_image_base64", "extend_video_base64")
     @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
 
@@ -329,13 +329,6 @@ class JobInput(_ModelOverrides):
     def _no_nul(cls, value: str | None) -> str | None:
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL bytes")
-        return value
-
-    @field_validator("image_base64", "end_image_base64", "extend_video_base64")
-    @classmethod
-    def _base64_not_empty(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty")
         return value
 
     @model_validator(mode="before")
@@ -411,31 +404,16 @@ class JobInput(_ModelOverrides):
             )
 
     def _round_sizes(self) -> None:
-        for name, lo, hi in (("width", MIN_SIDE, MAX_SIDE), ("height", MIN_SIDE, MAX_SIDE)):
+        side = (MIN_SIDE, MAX_SIDE, "pixels", "rounded to a multiple of 16")
+        frames = (MIN_LENGTH, MAX_LENGTH, "frames", "rounded to the nearest 4n+1")
+        for name, (lo, hi, unit, reason) in {"width": side, "height": side, "length": frames}.items():
             requested = getattr(self, name)
-            used = round_to_multiple(requested, 16)
+            used = round_to_4n1(requested) if name == "length" else round_to_multiple(requested, 16)
             if not lo <= used <= hi:
-                raise field_problem(name, f"must be between {lo} and {hi} pixels, got {requested}")
+                raise field_problem(name, f"must be between {lo} and {hi} {unit}, got {requested}")
             if used != requested:
                 setattr(self, name, used)
-                self.adjustments.append(
-                    Adjustment(
-                        field=name, requested=requested, used=used, reason="rounded to a multiple of 16"
-                    )
-                )
-        requested = self.length
-        used = round_to_4n1(requested)
-        if not MIN_LENGTH <= used <= MAX_LENGTH:
-            raise field_problem(
-                "length", f"must be between {MIN_LENGTH} and {MAX_LENGTH} frames, got {requested}"
-            )
-        if used != requested:
-            self.length = used
-            self.adjustments.append(
-                Adjustment(
-                    field="length", requested=requested, used=used, reason="rounded to the nearest 4n+1"
-                )
-            )
+                self.adjustments.append(Adjustment(field=name, requested=requested, used=used, reason=reason))
 
     @property
     def mode(self) -> Literal["i2v", "flf2v"]:
@@ -472,12 +450,10 @@ class JobInput(_ModelOverrides):
 
     def model_name(self, role: str) -> str | None:
         """The file the job names for a model role (:mod:`worker.roles`), if any."""
-        value = getattr(self, role)
-        return value if isinstance(value, str) else None
+        return getattr(self, role)  # type: ignore[no-any-return]
 
     def model_url(self, role: str) -> str | None:
-        value = getattr(self, f"{role}_url")
-        return value if isinstance(value, str) else None
+        return getattr(self, f"{role}_url")  # type: ignore[no-any-return]
 
 
 def check_upload_name(value: str) -> str:
@@ -575,34 +551,24 @@ NESTED_FIELDS |= {
 }
 
 
-def _loc_to_field(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
     """One ``{"field", "message"}`` per problem, worded for the person who sent the job."""
     problems: list[dict[str, str]] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = tuple(err.get("loc", ()))
-        field = str((err.get("ctx") or {}).get("field") or _loc_to_field(loc))
+        field = str(
+            (err.get("ctx") or {}).get("field")
+            or "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
+        )
         kind = err.get("type", "")
         message = str(err.get("msg", "is invalid"))
         if kind == "extra_forbidden":
             allowed = NESTED_FIELDS.get(str(loc[0]) if len(loc) > 1 else exc.title, FIELD_NAMES)
             name = str(loc[-1]) if loc else field
             message = f"unknown field {name!r}; allowed fields are: {', '.join(allowed)}"
-        elif kind == "missing":
-            message = "is required"
         else:
-            message = message.removeprefix("Value error, ")
-        if kind != "extra_forbidden":
             field = field or "input"
+            message = "is required" if kind == "missing" else message.removeprefix("Value error, ")
         problems.append({"field": field, "message": message})
     return problems
 
