@@ -200,8 +200,7 @@ class InlineEncoder:
             self._put(self._carry)
             self._carry = b""
         text, self._text = self._text, bytearray()
-        if len(text) != self._filled:
-            del text[self._filled :]
+        del text[self._filled :]
         return {"video": text.decode("ascii")}
 
     def _put(self, data: bytes | memoryview) -> None:

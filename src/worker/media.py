@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import netsafe
 from .config import Settings
-from .errors import ImageFetchFailed, InvalidImage, InvalidInput, UrlNotAllowed
+from .errors import ImageFetchFailed, InvalidImage, InvalidInput, UrlNotAllowed, WorkerError
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 _EXTENSIONS: dict[ImageFormat, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -151,6 +151,10 @@ def fetch_url(
     sess = session or netsafe.make_session(allow_private=limits.allow_private_urls, pool_size=2)
     shown = netsafe.redact_url(url)
     started = time.monotonic()
+
+    def fail(error: type[WorkerError], problem: str) -> WorkerError:
+        return error(f"{field}: {shown} {problem}", details=[{"field": field}])
+
     try:
         response = netsafe.open_checked(
             sess,
@@ -162,15 +166,13 @@ def fetch_url(
         )
         with response:
             if response.status_code != 200:
-                raise ImageFetchFailed(
-                    f"{field}: {shown} answered HTTP {response.status_code}", details=[{"field": field}]
-                )
+                raise fail(ImageFetchFailed, f"answered HTTP {response.status_code}")
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                raise InvalidImage(
-                    f"{field}: {shown} is {int(declared) / 1e6:.1f} MB; the limit is "
+                raise fail(
+                    InvalidImage,
+                    f"is {int(declared) / 1e6:.1f} MB; the limit is "
                     f"{limits.max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)",
-                    details=[{"field": field}],
                 )
             chunks: list[bytes] = []
             received = 0
@@ -181,21 +183,17 @@ def fetch_url(
                     break
                 received += len(chunk)
                 if received > limits.max_bytes:
-                    raise InvalidImage(
-                        f"{field}: {shown} is larger than {limits.max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)",
-                        details=[{"field": field}],
+                    raise fail(
+                        InvalidImage, f"is larger than {limits.max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)"
                     )
                 if time.monotonic() - started > limits.deadline_s:
-                    raise ImageFetchFailed(
-                        f"{field}: {shown} took longer than {limits.deadline_s:.0f} s to download",
-                        details=[{"field": field}],
-                    )
+                    raise fail(ImageFetchFailed, f"took longer than {limits.deadline_s:.0f} s to download")
                 chunks.append(chunk)
             return b"".join(chunks)
     except (ImageFetchFailed, InvalidImage, UrlNotAllowed):
         raise
     except (requests.Timeout, urllib3.exceptions.TimeoutError):
-        raise ImageFetchFailed(f"{field}: {shown} timed out", details=[{"field": field}]) from None
+        raise fail(ImageFetchFailed, "timed out") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise ImageFetchFailed(
             f"{field}: could not fetch {shown} ({exc.__class__.__name__})", details=[{"field": field}]
@@ -211,11 +209,8 @@ Image.MAX_IMAGE_PIXELS = None  # the worker's own cap, MAX_INPUT_IMAGE_PIXELS, i
 
 
 def check_image(data: bytes, *, field: str, max_pixels: int) -> ImageData:
-    """Accept a still PNG, JPEG or WebP (recognised by content), whole, with at most ``max_pixels`` pixels.
-
-    Pillow reads the header first: the format, the size and whether it is animated are known before any pixel
-    is decoded, so a decompression bomb is refused at its header. Then the image is decoded once, which is what
-    finds a truncated or damaged file."""
+    """Accept a still PNG, JPEG or WebP, whole, with at most ``max_pixels`` pixels: its header is checked
+    before any pixel is decoded (so a decompression bomb is refused there), then one decode finds damage."""
     problem = _image_problem(field)
     try:
         image = Image.open(io.BytesIO(data))
