@@ -117,11 +117,10 @@ def split_endpoint(endpoint_url: str, bucket: str) -> tuple[str, str]:
     if bucket:
         return endpoint_url.rstrip("/"), bucket
     parts = urlsplit(endpoint_url)
-    host = parts.hostname or ""
     path_bucket = parts.path.strip("/").split("/", 1)[0]
     if path_bucket:
         return urlunsplit((parts.scheme, parts.netloc, "", "", "")), path_bucket
-    name, _, rest = host.partition(".")
+    name, _, rest = (parts.hostname or "").partition(".")
     if not rest:
         raise UploadFailed(
             "BUCKET_ENDPOINT_URL names no bucket: set BUCKET_NAME, or use https://<bucket>.<s3 endpoint>"

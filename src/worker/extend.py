@@ -60,10 +60,8 @@ def probe_mp4(data: bytes) -> GivenVideo:
         if data[stsd + 12 : stsd + 16] not in CODECS:
             raise ValueError(f"is {data[stsd + 12 : stsd + 16]!r} video; send H.264, H.265, VP9 or AV1")
         (timescale,) = struct.unpack_from(">I", data, mdhd + (20 if data[mdhd] == 1 else 12))
-        (frames,), (runs,) = (
-            struct.unpack_from(">I", data, stsz + 8),
-            struct.unpack_from(">I", data, stts + 4),
-        )
+        (frames,) = struct.unpack_from(">I", data, stsz + 8)
+        (runs,) = struct.unpack_from(">I", data, stts + 4)
         ticks = sum(n * d for n, d in struct.iter_unpack(">II", data[stts + 8 : stts + 8 + 8 * runs]))
         width, height = struct.unpack_from(">HH", data, stsd + 40)
         return GivenVideo(data, width, height, frames, frames * timescale / ticks if ticks else 0.0)

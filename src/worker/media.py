@@ -110,8 +110,12 @@ def decode_base64(value: str, *, field: str, max_bytes: int, accepted: frozenset
 
 def read_volume_path(value: str, *, field: str, volume_root: Path, max_bytes: int) -> bytes:
     """A file inside the volume: relative to its root or absolute, symlinks resolved before the check."""
+
+    def refuse(message: str) -> InvalidInput:
+        return InvalidInput(message, details=[{"field": field}])
+
     if "\x00" in value:
-        raise InvalidInput(f"{field} must not contain NUL bytes", details=[{"field": field}])
+        raise refuse(f"{field} must not contain NUL bytes")
     root = volume_root.resolve()
     candidate = Path(value)
     if not candidate.is_absolute():
@@ -119,16 +123,11 @@ def read_volume_path(value: str, *, field: str, volume_root: Path, max_bytes: in
     try:
         resolved = candidate.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise InvalidInput(
-            f"{field}: no file at {value!r} on the volume ({root})", details=[{"field": field}]
-        ) from None
+        raise refuse(f"{field}: no file at {value!r} on the volume ({root})") from None
     if not resolved.is_relative_to(root):
-        raise InvalidInput(
-            f"{field} must point inside the volume ({root}); {value!r} leads outside it",
-            details=[{"field": field}],
-        )
+        raise refuse(f"{field} must point inside the volume ({root}); {value!r} leads outside it")
     if not resolved.is_file():
-        raise InvalidInput(f"{field}: {value!r} is not a regular file", details=[{"field": field}])
+        raise refuse(f"{field}: {value!r} is not a regular file")
     size = resolved.stat().st_size
     if size > max_bytes:
         raise _image_problem(field)(
