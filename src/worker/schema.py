@@ -85,12 +85,8 @@ def field_problem(field: str, message: str) -> PydanticCustomError:
 def check_model_name(value: str | None, info: ValidationInfo) -> str | None:
     """A model file name by :mod:`worker.modelnames`' rule; pickle formats when the validation context says
     ``allow_pickle_models``."""
-    if value is None:
-        return None
-    problem = modelnames.name_problem(
-        value, allow_pickle=bool((info.context or {}).get("allow_pickle_models"))
-    )
-    if problem is not None:
+    allow_pickle = bool((info.context or {}).get("allow_pickle_models"))
+    if value is not None and (problem := modelnames.name_problem(value, allow_pickle=allow_pickle)):
         raise ValueError(f"{problem}; model file names are {modelnames.RULE}")
     return value
 
@@ -157,20 +153,13 @@ class LoraPair(BaseModel):
 
 def _model_fields() -> dict[str, Any]:
     """``<role>`` and ``<role>_url`` for each model role a job may set (:mod:`worker.roles`)."""
-    fields: dict[str, Any] = {}
-    for role in roles.JOB_ROLES:
-        fields[role.name] = (
-            ModelName,
-            Field(default=None, description=f"{role.title}: a file name in ComfyUI's {role.kind} folder"),
-        )
-        fields[f"{role.name}_url"] = (
-            Url,
-            Field(
-                default=None,
-                description=f"download {role.title} into the volume first (once: later jobs reuse it)",
-            ),
-        )
-    return fields
+    name = "{0.title}: a file name in ComfyUI's {0.kind} folder"
+    url = "download {0.title} into the volume first (once: later jobs reuse it)"
+    return {
+        field: (kind, Field(default=None, description=text.format(role)))
+        for role in roles.JOB_ROLES
+        for field, kind, text in ((role.name, ModelName, name), (f"{role.name}_url", Url, url))
+    }
 
 
 _ModelOverrides: type[BaseModel] = create_model(
