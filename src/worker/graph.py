@@ -67,8 +67,7 @@ class ModelFiles:
     __slots__ = ("loras", "names")
 
     def __init__(self, *, loras: Iterable[LoraFiles] = (), **names: str | None) -> None:
-        unknown = set(names) - set(roles.BY_NAME)
-        if unknown:
+        if unknown := set(names) - set(roles.BY_NAME):
             raise TypeError(f"unknown model roles: {', '.join(sorted(unknown))}")
         self.names: dict[str, str] = {role: name for role, name in names.items() if name}
         self.loras: tuple[LoraFiles, ...] = tuple(loras)
@@ -94,9 +93,7 @@ class Images:
 
 def load_template(workflows_dir: Path, mode: str) -> Graph:
     """Read and check the template for ``mode`` (``i2v`` or ``flf2v``)."""
-    path = workflows_dir / TEMPLATES[mode]
-    with open(path, encoding="utf-8") as handle:
-        graph: Graph = json.load(handle)
+    graph: Graph = json.loads((workflows_dir / TEMPLATES[mode]).read_text(encoding="utf-8"))
     check_template(graph, mode)
     return graph
 
@@ -106,12 +103,11 @@ def check_template(graph: Mapping[str, Mapping[str, Any]], mode: str) -> None:
     if mode == "flf2v":
         expected["end_image"] = "LoadImage"
     for node_id, class_type in expected.items():
-        node = graph.get(node_id)
-        if node is None:
+        if graph.get(node_id) is None:
             raise TemplateError(f"the {mode} template has no node {node_id!r}")
-        if node.get("class_type") != class_type:
+        if (found := graph[node_id].get("class_type")) != class_type:
             raise TemplateError(
-                f"node {node_id!r} of the {mode} template is {node.get('class_type')!r}, expected {class_type!r}"
+                f"node {node_id!r} of the {mode} template is {found!r}, expected {class_type!r}"
             )
 
 

@@ -63,6 +63,8 @@ MAX_OUTPUT_FPS = 120.0
 """ComfyUI's CreateVideo takes at most 120 fps."""
 MAX_WORKFLOW_NODES, MAX_WORKFLOW_BYTES, MAX_WORKFLOW_FILES = 1000, 2 * 1024 * 1024, 16
 EXTEND_FRAMES = 5
+IMAGE_SOURCES = ("image_url", "image_base64", "image_path")
+END_SOURCES = ("end_image_url", "end_image_base64", "end_image_path")
 EXTEND_SOURCES = ("extend_video_url", "extend_video_base64", "extend_video_path")
 
 
@@ -375,22 +377,18 @@ class JobInput(_ModelOverrides):
             )
 
     def _check_image_sources(self) -> None:
-        starts = [n for n in ("image_url", "image_base64", "image_path") if getattr(self, n) is not None]
+        starts = [n for n in IMAGE_SOURCES if getattr(self, n) is not None]
         videos = [n for n in EXTEND_SOURCES if getattr(self, n) is not None]
         if videos and len(videos + starts) > 1:
             raise field_problem(videos[0], f"give one video and no start image: {', '.join(videos + starts)}")
         if not videos and len(starts) != 1:
             given = f"got {', '.join(starts)}" if starts else "got none"
             raise field_problem(
-                "image_url", f"exactly one of image_url, image_base64, image_path is required ({given})"
+                "image_url", f"exactly one of {', '.join(IMAGE_SOURCES)} is required ({given})"
             )
-        ends = [n for n in ("end_image_url", "end_image_base64", "end_image_path") if getattr(self, n)]
-        if len(ends) > 1:
-            raise field_problem(
-                "end_image_url",
-                "at most one of end_image_url, end_image_base64, end_image_path may be given "
-                f"(got {', '.join(ends)})",
-            )
+        if len(ends := [n for n in END_SOURCES if getattr(self, n)]) > 1:
+            message = f"at most one of {', '.join(END_SOURCES)} may be given (got {', '.join(ends)})"
+            raise field_problem("end_image_url", message)
 
     def _round_sizes(self) -> None:
         side = (MIN_SIDE, MAX_SIDE, "pixels", "rounded to a multiple of 16")
@@ -407,8 +405,7 @@ class JobInput(_ModelOverrides):
     @property
     def mode(self) -> Literal["i2v", "flf2v"]:
         """``flf2v`` when an end image is given, else ``i2v``."""
-        has_end = self.end_image_url or self.end_image_base64 or self.end_image_path
-        return "flf2v" if has_end else "i2v"
+        return "flf2v" if any(getattr(self, n) for n in END_SOURCES) else "i2v"
 
     @property
     def extends(self) -> bool:
