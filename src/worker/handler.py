@@ -277,11 +277,10 @@ async def upload_images(run: JobRun, start: Upload, end: Upload, video: Upload =
 def execute(run: JobRun, bound: graph.Graph, job: JobInput) -> Outcome:
     """Queue the graph and follow it to its end (blocking; runs in a thread)."""
     offsets = graph.step_offsets(job)
-    total = job.steps
 
     def on_progress(node: str, value: int, maximum: int) -> None:
         if node in offsets:
-            run.progress.step(min(total, offsets[node] + value), total)
+            run.progress.step(min(job.steps, offsets[node] + value), job.steps)
         elif node == graph.INTERPOLATE_NODE:
             if run.progress.stage_name != "interpolating":
                 run.progress.stage("interpolating")
