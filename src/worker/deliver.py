@@ -54,13 +54,8 @@ class Bucket:
         if not settings.bucket_configured:
             return None
         endpoint, bucket = split_endpoint(settings.bucket_endpoint_url, settings.bucket_name)
-        return cls(
-            endpoint,
-            bucket,
-            settings.bucket_access_key_id,
-            settings.bucket_secret_access_key,
-            min(settings.bucket_url_expiry_s, MAX_URL_EXPIRY_S),
-        )
+        expiry = min(settings.bucket_url_expiry_s, MAX_URL_EXPIRY_S)
+        return cls(endpoint, bucket, settings.bucket_access_key_id, settings.bucket_secret_access_key, expiry)
 
     @classmethod
     def from_job(cls, config: Any, settings: Settings) -> Bucket:
@@ -82,13 +77,8 @@ class Bucket:
             summary = "; ".join(f"{p['field']} {p['message']}" for p in problems)
             raise InvalidInput(f"the job's s3Config is incomplete: {summary}", details=problems)
         endpoint, bucket = split_endpoint(endpoint.strip(), config["bucketName"].strip())
-        return cls(
-            endpoint,
-            bucket,
-            config["accessId"].strip(),
-            config["accessSecret"].strip(),
-            min(settings.bucket_url_expiry_s, MAX_URL_EXPIRY_S),
-        )
+        expiry = min(settings.bucket_url_expiry_s, MAX_URL_EXPIRY_S)
+        return cls(endpoint, bucket, config["accessId"].strip(), config["accessSecret"].strip(), expiry)
 
 
 def job_bucket(job: Mapping[str, Any], settings: Settings) -> Bucket | None:
@@ -117,11 +107,10 @@ def split_endpoint(endpoint_url: str, bucket: str) -> tuple[str, str]:
     if bucket:
         return endpoint_url.rstrip("/"), bucket
     parts = urlsplit(endpoint_url)
-    host = parts.hostname or ""
     path_bucket = parts.path.strip("/").split("/", 1)[0]
     if path_bucket:
         return urlunsplit((parts.scheme, parts.netloc, "", "", "")), path_bucket
-    name, _, rest = host.partition(".")
+    name, _, rest = (parts.hostname or "").partition(".")
     if not rest:
         raise UploadFailed(
             "BUCKET_ENDPOINT_URL names no bucket: set BUCKET_NAME, or use https://<bucket>.<s3 endpoint>"
@@ -200,8 +189,7 @@ class InlineEncoder:
             self._put(self._carry)
             self._carry = b""
         text, self._text = self._text, bytearray()
-        if len(text) != self._filled:
-            del text[self._filled :]
+        del text[self._filled :]
         return {"video": text.decode("ascii")}
 
     def _put(self, data: bytes | memoryview) -> None:

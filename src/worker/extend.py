@@ -60,10 +60,8 @@ def probe_mp4(data: bytes) -> GivenVideo:
         if data[stsd + 12 : stsd + 16] not in CODECS:
             raise ValueError(f"is {data[stsd + 12 : stsd + 16]!r} video; send H.264, H.265, VP9 or AV1")
         (timescale,) = struct.unpack_from(">I", data, mdhd + (20 if data[mdhd] == 1 else 12))
-        (frames,), (runs,) = (
-            struct.unpack_from(">I", data, stsz + 8),
-            struct.unpack_from(">I", data, stts + 4),
-        )
+        (frames,) = struct.unpack_from(">I", data, stsz + 8)
+        (runs,) = struct.unpack_from(">I", data, stts + 4)
         ticks = sum(n * d for n, d in struct.iter_unpack(">II", data[stts + 8 : stts + 8 + 8 * runs]))
         width, height = struct.unpack_from(">HH", data, stsd + 40)
         return GivenVideo(data, width, height, frames, frames * timescale / ticks if ticks else 0.0)
@@ -72,20 +70,14 @@ def probe_mp4(data: bytes) -> GivenVideo:
 
 def load(job: schema.JobInput, settings: Settings) -> GivenVideo:
     """The job's video, checked; the job takes its size and fps (blocking: runs in a thread)."""
-    most = int(settings.max_input_image_mb * 1024 * 1024)
     field = next(f for f in schema.EXTEND_SOURCES if getattr(job, f))
     value = getattr(job, field)
 
     def bad(problem: object) -> InvalidImage:
         return InvalidImage(f"{field} {problem}", details=[{"field": field}])
 
-    if field.endswith("url"):
-        limits = media.ImageLimits(most, 0, settings.allow_private_urls)
-        data = media.fetch_url(value, field=field, limits=limits)
-    elif field.endswith("base64"):
-        data = media.decode_base64(value, field=field, max_bytes=most, accepted=frozenset({"video/mp4"}))
-    else:
-        data = media.read_volume_path(value, field=field, volume_root=settings.volume_root, max_bytes=most)
+    limits = media.ImageLimits.from_settings(settings)
+    data = media.read_source(field, value, limits, settings.volume_root, accepted=frozenset({"video/mp4"}))
     try:
         video = probe_mp4(data)
     except struct.error:

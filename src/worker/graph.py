@@ -11,6 +11,7 @@ quality; an extension starts from a video's last frames. Which node loads which 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -66,8 +67,7 @@ class ModelFiles:
     __slots__ = ("loras", "names")
 
     def __init__(self, *, loras: Iterable[LoraFiles] = (), **names: str | None) -> None:
-        unknown = set(names) - set(roles.BY_NAME)
-        if unknown:
+        if unknown := set(names) - set(roles.BY_NAME):
             raise TypeError(f"unknown model roles: {', '.join(sorted(unknown))}")
         self.names: dict[str, str] = {role: name for role, name in names.items() if name}
         self.loras: tuple[LoraFiles, ...] = tuple(loras)
@@ -93,9 +93,7 @@ class Images:
 
 def load_template(workflows_dir: Path, mode: str) -> Graph:
     """Read and check the template for ``mode`` (``i2v`` or ``flf2v``)."""
-    path = workflows_dir / TEMPLATES[mode]
-    with open(path, encoding="utf-8") as handle:
-        graph: Graph = json.load(handle)
+    graph: Graph = json.loads((workflows_dir / TEMPLATES[mode]).read_text(encoding="utf-8"))
     check_template(graph, mode)
     return graph
 
@@ -105,12 +103,11 @@ def check_template(graph: Mapping[str, Mapping[str, Any]], mode: str) -> None:
     if mode == "flf2v":
         expected["end_image"] = "LoadImage"
     for node_id, class_type in expected.items():
-        node = graph.get(node_id)
-        if node is None:
+        if graph.get(node_id) is None:
             raise TemplateError(f"the {mode} template has no node {node_id!r}")
-        if node.get("class_type") != class_type:
+        if (found := graph[node_id].get("class_type")) != class_type:
             raise TemplateError(
-                f"node {node_id!r} of the {mode} template is {node.get('class_type')!r}, expected {class_type!r}"
+                f"node {node_id!r} of the {mode} template is {found!r}, expected {class_type!r}"
             )
 
 
@@ -121,7 +118,7 @@ def step_offsets(job: JobInput) -> dict[str, int]:
 
 def bind(template: Graph, job: JobInput, files: ModelFiles, images: Images, *, filename_prefix: str) -> Graph:
     """A new graph for ``job``: the template is not modified."""
-    graph = _copy_graph(template)
+    graph = copy.deepcopy(template)
     mode = job.mode
     check_template(graph, mode)
 
@@ -171,18 +168,6 @@ def save_video_encoding(crf: int) -> dict[str, Any]:
     return {"codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": float(crf)}
 
 
-def _copy_graph(template: Graph) -> Graph:
-    """A copy deep enough for binding: node and input dicts are new, input values are replaced, never mutated."""
-    graph: Graph = {}
-    for node_id, node in template.items():
-        copied = dict(node)
-        copied["inputs"] = {k: list(v) if isinstance(v, list) else v for k, v in node["inputs"].items()}
-        if isinstance(node.get("_meta"), dict):
-            copied["_meta"] = dict(node["_meta"])
-        graph[node_id] = copied
-    return graph
-
-
 def _set(graph: Graph, node_id: str, **inputs: Any) -> None:
     graph[node_id]["inputs"].update(inputs)
 
@@ -202,11 +187,13 @@ def _model_chain(graph: Graph, job: JobInput, files: ModelFiles, expert: str) ->
             continue
         weight = pair.high_weight if expert == "high" else pair.low_weight
         node_id = f"lora_{expert}_{index}"
-        graph[node_id] = {
-            "class_type": "LoraLoaderModelOnly",
-            "inputs": {"model": [tail, 0], "lora_name": name, "strength_model": float(weight)},
-            "_meta": {"title": f"LoRA {index} ({expert})"},
-        }
+        graph[node_id] = _node(
+            "LoraLoaderModelOnly",
+            f"LoRA {index} ({expert})",
+            model=[tail, 0],
+            lora_name=name,
+            strength_model=float(weight),
+        )
         tail = node_id
     shift = f"shift_{expert}"
     graph[shift]["inputs"].update(model=[tail, 0], shift=float(job.shift))
@@ -217,32 +204,26 @@ def _context_windows(graph: Graph, job: JobInput, expert: str, tail: str) -> str
     if not job.uses_context_windows:
         return tail
     node_id = f"context_{expert}"
-    graph[node_id] = {
-        "class_type": "WanContextWindowsManual",
-        "inputs": {
-            "model": [tail, 0],
-            "context_length": CONTEXT_WINDOW,
-            "context_overlap": int(job.context_overlap),
-            "context_schedule": "standard_static",
-            "context_stride": 1,
-            "closed_loop": False,
-            "fuse_method": "pyramid",
-            "freenoise": bool(job.context_freenoise),
-            "retain_first_frame": bool(job.context_retain_first_frame),
-            "split_conds_to_windows": False,
-        },
-        "_meta": {"title": f"Context windows ({expert})"},
-    }
+    graph[node_id] = _node(
+        "WanContextWindowsManual",
+        f"Context windows ({expert})",
+        model=[tail, 0],
+        context_length=CONTEXT_WINDOW,
+        context_overlap=int(job.context_overlap),
+        context_schedule="standard_static",
+        context_stride=1,
+        closed_loop=False,
+        fuse_method="pyramid",
+        freenoise=bool(job.context_freenoise),
+        retain_first_frame=bool(job.context_retain_first_frame),
+        split_conds_to_windows=False,
+    )
     return node_id
 
 
 def _add_loader(graph: Graph, role: roles.ModelRole, name: str, job: JobInput) -> None:
     """The loader of a model the templates do not load, and the nodes that use it."""
-    graph[role.name] = {
-        "class_type": role.loader,
-        "inputs": {role.input: name},
-        "_meta": {"title": role.title},
-    }
+    graph[role.name] = _node(role.loader, role.title, **{role.input: name})
     if role.name == "clip_vision":
         _clip_vision(graph, job.mode)
     elif role.name == "interpolation_model":
@@ -272,15 +253,11 @@ def _extend(graph: Graph, video: str, frames: int, length: int) -> None:
 
 def _interpolate(graph: Graph, loader: str, multiplier: int) -> None:
     """Decoded frames -> FrameInterpolate -> the video (whose fps is the job's output fps)."""
-    graph[INTERPOLATE_NODE] = {
-        "class_type": "FrameInterpolate",
-        "inputs": {
-            "interp_model": [loader, 0],
-            "images": graph["video"]["inputs"]["images"],
-            "multiplier": multiplier,
-        },
-        "_meta": {"title": f"Frame interpolation (x{multiplier})"},
-    }
+    images = graph["video"]["inputs"]["images"]
+    title = f"Frame interpolation (x{multiplier})"
+    graph[INTERPOLATE_NODE] = _node(
+        "FrameInterpolate", title, interp_model=[loader, 0], images=images, multiplier=multiplier
+    )
     graph["video"]["inputs"]["images"] = [INTERPOLATE_NODE, 0]
 
 
@@ -290,9 +267,8 @@ def _clip_vision(graph: Graph, mode: str) -> None:
         roles.append(("end", "clip_vision_end_image"))
     for role, input_name in roles:
         node_id = f"clip_vision_{role}"
-        graph[node_id] = {
-            "class_type": "CLIPVisionEncode",
-            "inputs": {"clip_vision": ["clip_vision", 0], "image": [f"{role}_image", 0], "crop": "none"},
-            "_meta": {"title": f"CLIP vision ({role} image)"},
-        }
+        image, title = [f"{role}_image", 0], f"CLIP vision ({role} image)"
+        graph[node_id] = _node(
+            "CLIPVisionEncode", title, clip_vision=["clip_vision", 0], image=image, crop="none"
+        )
         graph["conditioning"]["inputs"][input_name] = [node_id, 0]

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -42,10 +42,11 @@ from .errors import (
 )
 from .models import job as jobmodels
 from .progress import ProgressReporter, Sender, runpod_sender
-from .schema import JobInput, describe_errors, parse_job_input
+from .schema import JobInput, WorkflowInput, describe_errors
 
 log = logging.getLogger("worker.handler")
 Upload = media.ImageData | extend.GivenVideo | None
+Input = TypeVar("Input", JobInput, WorkflowInput)
 
 
 @lru_cache(maxsize=1)
@@ -121,13 +122,8 @@ async def handle_job(
     """
     job_id = str(job.get("id") or "local")
     client = comfy_client(settings.comfy_url, settings.http_timeout_s)
-    run = JobRun(
-        job=job,
-        settings=settings,
-        job_id=job_id,
-        client=client,
-        progress=ProgressReporter(job, enabled=settings.progress_updates, sender=sender),
-    )
+    progress = ProgressReporter(job, enabled=settings.progress_updates, sender=sender)
+    run = JobRun(job, settings, job_id, client, progress)
     try:
         if isinstance(job.get("input"), dict) and "workflow" in job["input"]:
             from .passthrough import run_workflow  # the user's own graph
@@ -159,10 +155,11 @@ async def handle_job(
 
 
 async def make_video(run: JobRun) -> dict[str, Any]:
-    job = validate(run)
+    job = validate(run, JobInput)
     jobmodels.check_urls(job, run.settings)
     bucket = deliver.job_bucket(run.job, run.settings)
-    output_mode = deliver.resolve_output_mode(job.output, bucket)
+    if deliver.resolve_output_mode(job.output, bucket) != "url":
+        bucket = None  # delivered inline
 
     with run.stage("inputs", "inputs"):
         start_image, end_image = await load_images(run, job)
@@ -209,11 +206,9 @@ async def make_video(run: JobRun) -> dict[str, Any]:
         outcome = await asyncio.to_thread(execute, run, bound, job)
 
     with run.stage("delivering", "deliver"):
-        delivered, size = await asyncio.to_thread(
-            deliver_video, run, find_video(outcome), bucket, output_mode
-        )
+        delivered, size = await asyncio.to_thread(deliver_video, run, find_video(outcome), bucket)
         if job.return_last_frame:
-            delivered |= await asyncio.to_thread(deliver_frame, run, outcome, bucket, output_mode)
+            delivered |= await asyncio.to_thread(deliver_frame, run, outcome, bucket)
     run.timings["total"] = round(time.monotonic() - run.started, 3)
     run.finished = True
     log.info("job %s: done in %.1f s (%d bytes)", run.job_id, run.timings["total"], size)
@@ -230,14 +225,14 @@ async def make_video(run: JobRun) -> dict[str, Any]:
     )
 
 
-def validate(run: JobRun) -> JobInput:
+def validate(run: JobRun, contract: type[Input]) -> Input:
     raw = run.job.get("input")
     if raw is None:
         raise InvalidInput(
             "the job has no 'input' object", details=[{"field": "input", "message": "is required"}]
         )
     try:
-        return parse_job_input(raw, allow_pickle_models=run.settings.allow_pickle_models)
+        return contract.model_validate(raw, context={"allow_pickle_models": run.settings.allow_pickle_models})
     except ValidationError as exc:
         raise invalid_input(exc) from None
 
@@ -251,31 +246,19 @@ def invalid_input(exc: ValidationError) -> InvalidInput:
 
 async def load_images(run: JobRun, job: JobInput) -> tuple[Upload, Upload]:
     """Start and end images, fetched concurrently."""
-    s = run.settings
-    limits = image_limits(s)
+    limits = media.ImageLimits.from_settings(run.settings)
 
     def load(prefix: str) -> media.ImageData | None:
-        return media.load_image(
-            field_prefix=prefix,
-            url=getattr(job, f"{prefix}_url"),
-            b64=getattr(job, f"{prefix}_base64"),
-            path=getattr(job, f"{prefix}_path"),
-            limits=limits,
-            volume_root=s.volume_root,
-        )
+        for name in (f"{prefix}_url", f"{prefix}_base64", f"{prefix}_path"):
+            if (value := getattr(job, name)) is not None:
+                data = media.read_source(name, value, limits, run.settings.volume_root)
+                return media.check_image(data, field=name, max_pixels=limits.max_pixels)
+        return None
 
     start, end = await asyncio.gather(asyncio.to_thread(load, "image"), asyncio.to_thread(load, "end_image"))
     if start is None and not job.extends:
         raise InvalidInput("a start image is required", details=[{"field": "image_url"}])
     return start, end
-
-
-def image_limits(s: Settings) -> media.ImageLimits:
-    return media.ImageLimits(
-        max_bytes=int(s.max_input_image_mb * 1024 * 1024),
-        max_pixels=s.max_input_image_pixels,
-        allow_private_urls=s.allow_private_urls,
-    )
 
 
 async def upload_images(run: JobRun, start: Upload, end: Upload, video: Upload = None) -> graph.Images:
@@ -294,11 +277,10 @@ async def upload_images(run: JobRun, start: Upload, end: Upload, video: Upload =
 def execute(run: JobRun, bound: graph.Graph, job: JobInput) -> Outcome:
     """Queue the graph and follow it to its end (blocking; runs in a thread)."""
     offsets = graph.step_offsets(job)
-    total = job.steps
 
     def on_progress(node: str, value: int, maximum: int) -> None:
         if node in offsets:
-            run.progress.step(min(total, offsets[node] + value), total)
+            run.progress.step(min(job.steps, offsets[node] + value), job.steps)
         elif node == graph.INTERPOLATE_NODE:
             if run.progress.stage_name != "interpolating":
                 run.progress.stage("interpolating")
@@ -339,12 +321,12 @@ def find_video(outcome: Outcome) -> OutputFile:
 
 
 def deliver_video(
-    run: JobRun, video: OutputFile, bucket: deliver.Bucket | None, mode: str
+    run: JobRun, video: OutputFile, bucket: deliver.Bucket | None
 ) -> tuple[dict[str, Any], int]:
     """Read the video from ComfyUI and hand it over (blocking; runs in a thread): encoded to base64 while it
     streams in, or read whole and uploaded to the bucket. Returns the delivered fields and the video's size."""
     empty = NoOutput(f"ComfyUI's video {video.filename!r} is empty")
-    if mode == "url" and bucket is not None:
+    if bucket is not None:
         data = run.client.fetch_output(video)
         if not data:
             raise empty
@@ -356,13 +338,13 @@ def deliver_video(
     return encoder.result(), encoder.size
 
 
-def deliver_frame(run: JobRun, outcome: Outcome, bucket: deliver.Bucket | None, mode: str) -> dict[str, str]:
+def deliver_frame(run: JobRun, outcome: Outcome, bucket: deliver.Bucket | None) -> dict[str, str]:
     """The video's last frame as a PNG, inline or beside the video in the bucket (blocking)."""
     frames = [o for o in outcome.outputs if o.node_id == graph.LAST_FRAME]
     if not frames:
         raise NoOutput("ComfyUI finished without writing the last frame; its log may say why")
     data = run.client.fetch_output(frames[0])
-    if mode == "url" and bucket is not None:
+    if bucket is not None:
         key = deliver.object_key(run.safe_id, "_last_frame.png")
         return {"last_frame_url": deliver.upload(data, key=key, bucket=bucket, content_type="image/png")}
     return {"last_frame": base64.b64encode(data).decode("ascii")}

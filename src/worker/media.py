@@ -24,7 +24,8 @@ import urllib3
 from PIL import Image, UnidentifiedImageError
 
 from . import netsafe
-from .errors import ImageFetchFailed, InvalidImage, InvalidInput, UrlNotAllowed
+from .config import Settings
+from .errors import ImageFetchFailed, InvalidImage, InvalidInput, UrlNotAllowed, WorkerError
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 _EXTENSIONS: dict[ImageFormat, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -67,33 +68,33 @@ class ImageLimits:
     read_timeout_s: float = 30.0
     deadline_s: float = FETCH_DEADLINE_S
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> ImageLimits:
+        return cls(int(s.max_input_image_mb * 1024 * 1024), s.max_input_image_pixels, s.allow_private_urls)
+
 
 # --------------------------------------------------------------------------------------------- sources
 
 
 def decode_base64(value: str, *, field: str, max_bytes: int, accepted: frozenset[str] = IMAGE_MIME) -> bytes:
     """Raw base64 or a ``data:<accepted type>;base64,`` URI; the size is checked before anything is decoded."""
-    text = value.strip()
+    text, bad = value.strip(), _image_problem(field)
     match = _DATA_URI.match(text)
     if match:
         mime = (match.group("mime") or "").lower()
         if mime not in accepted:
-            raise InvalidImage(
-                f"{field} is a data URI of type {mime or 'none'!r}; only {', '.join(sorted(accepted))} fit",
-                details=[{"field": field}],
-            )
+            raise bad(f"is a data URI of type {mime or 'none'!r}; only {', '.join(sorted(accepted))} fit")
         if not match.group("b64"):
-            raise InvalidImage(f"{field} is a data URI without ';base64'", details=[{"field": field}])
+            raise bad("is a data URI without ';base64'")
         text = text[match.end() :]
     elif text[:5].lower() == "data:":
-        raise InvalidImage(f"{field} is not a valid data URI", details=[{"field": field}])
+        raise bad("is not a valid data URI")
     # Every 4 base64 characters carry 3 bytes; whitespace only makes the estimate larger, never smaller.
     estimated = (len(text) * 3) // 4
     if estimated > max_bytes + 3:
-        raise InvalidImage(
-            f"{field} is too large: about {estimated / 1e6:.1f} MB decoded, the limit is "
-            f"{max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB); send a URL or a smaller image",
-            details=[{"field": field}],
+        raise bad(
+            f"is too large: about {estimated / 1e6:.1f} MB decoded, the limit is "
+            f"{max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB); send a URL or a smaller image"
         )
     compact = re.sub(r"\s+", "", text)
     compact = compact.replace("-", "+").replace("_", "/")
@@ -101,16 +102,20 @@ def decode_base64(value: str, *, field: str, max_bytes: int, accepted: frozenset
     try:
         data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidImage(f"{field} is not valid base64", details=[{"field": field}]) from None
+        raise bad("is not valid base64") from None
     if len(data) > max_bytes:
-        raise InvalidImage(f"{field} is larger than {max_bytes / 1e6:.1f} MB", details=[{"field": field}])
+        raise bad(f"is larger than {max_bytes / 1e6:.1f} MB")
     return data
 
 
 def read_volume_path(value: str, *, field: str, volume_root: Path, max_bytes: int) -> bytes:
     """A file inside the volume: relative to its root or absolute, symlinks resolved before the check."""
+
+    def refuse(message: str) -> InvalidInput:
+        return InvalidInput(message, details=[{"field": field}])
+
     if "\x00" in value:
-        raise InvalidInput(f"{field} must not contain NUL bytes", details=[{"field": field}])
+        raise refuse(f"{field} must not contain NUL bytes")
     root = volume_root.resolve()
     candidate = Path(value)
     if not candidate.is_absolute():
@@ -118,21 +123,15 @@ def read_volume_path(value: str, *, field: str, volume_root: Path, max_bytes: in
     try:
         resolved = candidate.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise InvalidInput(
-            f"{field}: no file at {value!r} on the volume ({root})", details=[{"field": field}]
-        ) from None
+        raise refuse(f"{field}: no file at {value!r} on the volume ({root})") from None
     if not resolved.is_relative_to(root):
-        raise InvalidInput(
-            f"{field} must point inside the volume ({root}); {value!r} leads outside it",
-            details=[{"field": field}],
-        )
+        raise refuse(f"{field} must point inside the volume ({root}); {value!r} leads outside it")
     if not resolved.is_file():
-        raise InvalidInput(f"{field}: {value!r} is not a regular file", details=[{"field": field}])
+        raise refuse(f"{field}: {value!r} is not a regular file")
     size = resolved.stat().st_size
     if size > max_bytes:
-        raise InvalidImage(
-            f"{field} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)",
-            details=[{"field": field}],
+        raise _image_problem(field)(
+            f"is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)"
         )
     with open(resolved, "rb") as handle:
         return handle.read(max_bytes + 1)
@@ -151,6 +150,10 @@ def fetch_url(
     sess = session or netsafe.make_session(allow_private=limits.allow_private_urls, pool_size=2)
     shown = netsafe.redact_url(url)
     started = time.monotonic()
+
+    def fail(error: type[WorkerError], problem: str) -> WorkerError:
+        return error(f"{field}: {shown} {problem}", details=[{"field": field}])
+
     try:
         response = netsafe.open_checked(
             sess,
@@ -162,15 +165,13 @@ def fetch_url(
         )
         with response:
             if response.status_code != 200:
-                raise ImageFetchFailed(
-                    f"{field}: {shown} answered HTTP {response.status_code}", details=[{"field": field}]
-                )
+                raise fail(ImageFetchFailed, f"answered HTTP {response.status_code}")
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                raise InvalidImage(
-                    f"{field}: {shown} is {int(declared) / 1e6:.1f} MB; the limit is "
+                raise fail(
+                    InvalidImage,
+                    f"is {int(declared) / 1e6:.1f} MB; the limit is "
                     f"{limits.max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)",
-                    details=[{"field": field}],
                 )
             chunks: list[bytes] = []
             received = 0
@@ -181,21 +182,17 @@ def fetch_url(
                     break
                 received += len(chunk)
                 if received > limits.max_bytes:
-                    raise InvalidImage(
-                        f"{field}: {shown} is larger than {limits.max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)",
-                        details=[{"field": field}],
+                    raise fail(
+                        InvalidImage, f"is larger than {limits.max_bytes / 1e6:.1f} MB (MAX_INPUT_IMAGE_MB)"
                     )
                 if time.monotonic() - started > limits.deadline_s:
-                    raise ImageFetchFailed(
-                        f"{field}: {shown} took longer than {limits.deadline_s:.0f} s to download",
-                        details=[{"field": field}],
-                    )
+                    raise fail(ImageFetchFailed, f"took longer than {limits.deadline_s:.0f} s to download")
                 chunks.append(chunk)
             return b"".join(chunks)
     except (ImageFetchFailed, InvalidImage, UrlNotAllowed):
         raise
     except (requests.Timeout, urllib3.exceptions.TimeoutError):
-        raise ImageFetchFailed(f"{field}: {shown} timed out", details=[{"field": field}]) from None
+        raise fail(ImageFetchFailed, "timed out") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise ImageFetchFailed(
             f"{field}: could not fetch {shown} ({exc.__class__.__name__})", details=[{"field": field}]
@@ -211,11 +208,8 @@ Image.MAX_IMAGE_PIXELS = None  # the worker's own cap, MAX_INPUT_IMAGE_PIXELS, i
 
 
 def check_image(data: bytes, *, field: str, max_pixels: int) -> ImageData:
-    """Accept a still PNG, JPEG or WebP (recognised by content), whole, with at most ``max_pixels`` pixels.
-
-    Pillow reads the header first: the format, the size and whether it is animated are known before any pixel
-    is decoded, so a decompression bomb is refused at its header. Then the image is decoded once, which is what
-    finds a truncated or damaged file."""
+    """Accept a still PNG, JPEG or WebP, whole, with at most ``max_pixels`` pixels: its header is checked
+    before any pixel is decoded (so a decompression bomb is refused there), then one decode finds damage."""
     problem = _image_problem(field)
     try:
         image = Image.open(io.BytesIO(data))
@@ -246,26 +240,12 @@ def _image_problem(field: str) -> Callable[[str], InvalidImage]:
     return lambda message: InvalidImage(f"{field} {message}", details=[{"field": field}])
 
 
-def load_image(
-    *,
-    field_prefix: str,
-    url: str | None,
-    b64: str | None,
-    path: str | None,
-    limits: ImageLimits,
-    volume_root: Path,
-    resolver: netsafe.Resolver = netsafe.system_resolver,
-) -> ImageData | None:
-    """The image named by one of ``<prefix>_url``, ``<prefix>_base64``, ``<prefix>_path``; None if none."""
-    if url is not None:
-        field = f"{field_prefix}_url"
-        data = fetch_url(url, field=field, limits=limits, resolver=resolver)
-    elif b64 is not None:
-        field = f"{field_prefix}_base64"
-        data = decode_base64(b64, field=field, max_bytes=limits.max_bytes)
-    elif path is not None:
-        field = f"{field_prefix}_path"
-        data = read_volume_path(path, field=field, volume_root=volume_root, max_bytes=limits.max_bytes)
-    else:
-        return None
-    return check_image(data, field=field, max_pixels=limits.max_pixels)
+def read_source(
+    field: str, value: str, limits: ImageLimits, volume_root: Path, accepted: frozenset[str] = IMAGE_MIME
+) -> bytes:
+    """The bytes a ``*_url``, ``*_base64`` or ``*_path`` field names, within ``limits``."""
+    if field.endswith("_url"):
+        return fetch_url(value, field=field, limits=limits)
+    if field.endswith("_base64"):
+        return decode_base64(value, field=field, max_bytes=limits.max_bytes, accepted=accepted)
+    return read_volume_path(value, field=field, volume_root=volume_root, max_bytes=limits.max_bytes)

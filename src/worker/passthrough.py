@@ -30,17 +30,13 @@ async def run_workflow(run: handler.JobRun) -> dict[str, Any]:
     s = run.settings
     if not s.allow_workflow:
         raise InvalidInput("this worker runs no workflow jobs (ALLOW_WORKFLOW=false); send a built-in job")
-    try:
-        job = WorkflowInput.model_validate(
-            run.job["input"], context={"allow_pickle_models": s.allow_pickle_models}
-        )
-    except ValidationError as exc:
-        raise handler.invalid_input(exc) from None
+    job = handler.validate(run, WorkflowInput)
     refs = [ModelRef(f"models[{i}].url", m.folder, m.url, m.name) for i, m in enumerate(job.models)]
     for ref in refs:
         policy.check_url_rules(ref.url, field=ref.field, settings=s)
     bucket = deliver.job_bucket(run.job, s)
-    mode = deliver.resolve_output_mode(job.output, bucket)
+    if deliver.resolve_output_mode(job.output, bucket) != "url":
+        bucket = None  # delivered inline
     with run.stage("inputs", "inputs"):
         files = await asyncio.gather(
             *(asyncio.to_thread(load_file, f.image, i, s) for i, f in enumerate(job.images))
@@ -60,7 +56,7 @@ async def run_workflow(run: handler.JobRun) -> dict[str, Any]:
             handler.run_graph, run, bound, lambda _, v, m: run.progress.step(v, m)
         )
     with run.stage("delivering", "deliver"):
-        result = await asyncio.to_thread(deliver_all, run, bucket if mode == "url" else None)
+        result = await asyncio.to_thread(deliver_all, run, bucket)
     run.timings["total"] = round(time.monotonic() - run.started, 3)
     run.finished = True
     return deliver.JobResult({**result, "cached_nodes": outcome.cached_nodes, "timings": run.timings})
@@ -74,7 +70,7 @@ def tagged(node: dict[str, Any], tag: str) -> dict[str, Any]:
 
 def load_file(source: str, index: int, s: Settings) -> tuple[bytes, str]:
     """An image, checked as the built-in jobs' are, or an MP4 / WebM video; and its MIME type."""
-    field, limits = f"images[{index}].image", handler.image_limits(s)
+    field, limits = f"images[{index}].image", media.ImageLimits.from_settings(s)
     if re.match(r"^\s*https?://", source, flags=re.IGNORECASE):
         data = media.fetch_url(source.strip(), field=field, limits=limits)
     else:

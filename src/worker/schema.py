@@ -63,6 +63,8 @@ MAX_OUTPUT_FPS = 120.0
 """ComfyUI's CreateVideo takes at most 120 fps."""
 MAX_WORKFLOW_NODES, MAX_WORKFLOW_BYTES, MAX_WORKFLOW_FILES = 1000, 2 * 1024 * 1024, 16
 EXTEND_FRAMES = 5
+IMAGE_SOURCES = ("image_url", "image_base64", "image_path")
+END_SOURCES = ("end_image_url", "end_image_base64", "end_image_path")
 EXTEND_SOURCES = ("extend_video_url", "extend_video_base64", "extend_video_path")
 
 
@@ -85,12 +87,8 @@ def field_problem(field: str, message: str) -> PydanticCustomError:
 def check_model_name(value: str | None, info: ValidationInfo) -> str | None:
     """A model file name by :mod:`worker.modelnames`' rule; pickle formats when the validation context says
     ``allow_pickle_models``."""
-    if value is None:
-        return None
-    problem = modelnames.name_problem(
-        value, allow_pickle=bool((info.context or {}).get("allow_pickle_models"))
-    )
-    if problem is not None:
+    allow_pickle = bool((info.context or {}).get("allow_pickle_models"))
+    if value is not None and (problem := modelnames.name_problem(value, allow_pickle=allow_pickle)):
         raise ValueError(f"{problem}; model file names are {modelnames.RULE}")
     return value
 
@@ -157,20 +155,13 @@ class LoraPair(BaseModel):
 
 def _model_fields() -> dict[str, Any]:
     """``<role>`` and ``<role>_url`` for each model role a job may set (:mod:`worker.roles`)."""
-    fields: dict[str, Any] = {}
-    for role in roles.JOB_ROLES:
-        fields[role.name] = (
-            ModelName,
-            Field(default=None, description=f"{role.title}: a file name in ComfyUI's {role.kind} folder"),
-        )
-        fields[f"{role.name}_url"] = (
-            Url,
-            Field(
-                default=None,
-                description=f"download {role.title} into the volume first (once: later jobs reuse it)",
-            ),
-        )
-    return fields
+    name = "{0.title}: a file name in ComfyUI's {0.kind} folder"
+    url = "download {0.title} into the volume first (once: later jobs reuse it)"
+    return {
+        field: (kind, Field(default=None, description=text.format(role)))
+        for role in roles.JOB_ROLES
+        for field, kind, text in ((role.name, ModelName, name), (f"{role.name}_url", Url, url))
+    }
 
 
 _ModelOverrides: type[BaseModel] = create_model(
@@ -317,10 +308,10 @@ class JobInput(_ModelOverrides):
 
     adjustments: list[Adjustment] = Field(default_factory=list, exclude=True)
 
-    @field_validator("prompt")
+    @field_validator("prompt", "image_base64", "end_image_base64", "extend_video_base64")
     @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
 
@@ -329,13 +320,6 @@ class JobInput(_ModelOverrides):
     def _no_nul(cls, value: str | None) -> str | None:
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL bytes")
-        return value
-
-    @field_validator("image_base64", "end_image_base64", "extend_video_base64")
-    @classmethod
-    def _base64_not_empty(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty")
         return value
 
     @model_validator(mode="before")
@@ -393,55 +377,35 @@ class JobInput(_ModelOverrides):
             )
 
     def _check_image_sources(self) -> None:
-        starts = [n for n in ("image_url", "image_base64", "image_path") if getattr(self, n) is not None]
+        starts = [n for n in IMAGE_SOURCES if getattr(self, n) is not None]
         videos = [n for n in EXTEND_SOURCES if getattr(self, n) is not None]
         if videos and len(videos + starts) > 1:
             raise field_problem(videos[0], f"give one video and no start image: {', '.join(videos + starts)}")
         if not videos and len(starts) != 1:
             given = f"got {', '.join(starts)}" if starts else "got none"
             raise field_problem(
-                "image_url", f"exactly one of image_url, image_base64, image_path is required ({given})"
+                "image_url", f"exactly one of {', '.join(IMAGE_SOURCES)} is required ({given})"
             )
-        ends = [n for n in ("end_image_url", "end_image_base64", "end_image_path") if getattr(self, n)]
-        if len(ends) > 1:
-            raise field_problem(
-                "end_image_url",
-                "at most one of end_image_url, end_image_base64, end_image_path may be given "
-                f"(got {', '.join(ends)})",
-            )
+        if len(ends := [n for n in END_SOURCES if getattr(self, n)]) > 1:
+            message = f"at most one of {', '.join(END_SOURCES)} may be given (got {', '.join(ends)})"
+            raise field_problem("end_image_url", message)
 
     def _round_sizes(self) -> None:
-        for name, lo, hi in (("width", MIN_SIDE, MAX_SIDE), ("height", MIN_SIDE, MAX_SIDE)):
+        side = (MIN_SIDE, MAX_SIDE, "pixels", "rounded to a multiple of 16")
+        frames = (MIN_LENGTH, MAX_LENGTH, "frames", "rounded to the nearest 4n+1")
+        for name, (lo, hi, unit, reason) in {"width": side, "height": side, "length": frames}.items():
             requested = getattr(self, name)
-            used = round_to_multiple(requested, 16)
+            used = round_to_4n1(requested) if name == "length" else round_to_multiple(requested, 16)
             if not lo <= used <= hi:
-                raise field_problem(name, f"must be between {lo} and {hi} pixels, got {requested}")
+                raise field_problem(name, f"must be between {lo} and {hi} {unit}, got {requested}")
             if used != requested:
                 setattr(self, name, used)
-                self.adjustments.append(
-                    Adjustment(
-                        field=name, requested=requested, used=used, reason="rounded to a multiple of 16"
-                    )
-                )
-        requested = self.length
-        used = round_to_4n1(requested)
-        if not MIN_LENGTH <= used <= MAX_LENGTH:
-            raise field_problem(
-                "length", f"must be between {MIN_LENGTH} and {MAX_LENGTH} frames, got {requested}"
-            )
-        if used != requested:
-            self.length = used
-            self.adjustments.append(
-                Adjustment(
-                    field="length", requested=requested, used=used, reason="rounded to the nearest 4n+1"
-                )
-            )
+                self.adjustments.append(Adjustment(field=name, requested=requested, used=used, reason=reason))
 
     @property
     def mode(self) -> Literal["i2v", "flf2v"]:
         """``flf2v`` when an end image is given, else ``i2v``."""
-        has_end = self.end_image_url or self.end_image_base64 or self.end_image_path
-        return "flf2v" if has_end else "i2v"
+        return "flf2v" if any(getattr(self, n) for n in END_SOURCES) else "i2v"
 
     @property
     def extends(self) -> bool:
@@ -472,12 +436,10 @@ class JobInput(_ModelOverrides):
 
     def model_name(self, role: str) -> str | None:
         """The file the job names for a model role (:mod:`worker.roles`), if any."""
-        value = getattr(self, role)
-        return value if isinstance(value, str) else None
+        return getattr(self, role)  # type: ignore[no-any-return]
 
     def model_url(self, role: str) -> str | None:
-        value = getattr(self, f"{role}_url")
-        return value if isinstance(value, str) else None
+        return getattr(self, f"{role}_url")  # type: ignore[no-any-return]
 
 
 def check_upload_name(value: str) -> str:
@@ -575,34 +537,24 @@ NESTED_FIELDS |= {
 }
 
 
-def _loc_to_field(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
     """One ``{"field", "message"}`` per problem, worded for the person who sent the job."""
     problems: list[dict[str, str]] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = tuple(err.get("loc", ()))
-        field = str((err.get("ctx") or {}).get("field") or _loc_to_field(loc))
+        field = str(
+            (err.get("ctx") or {}).get("field")
+            or "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
+        )
         kind = err.get("type", "")
         message = str(err.get("msg", "is invalid"))
         if kind == "extra_forbidden":
             allowed = NESTED_FIELDS.get(str(loc[0]) if len(loc) > 1 else exc.title, FIELD_NAMES)
             name = str(loc[-1]) if loc else field
             message = f"unknown field {name!r}; allowed fields are: {', '.join(allowed)}"
-        elif kind == "missing":
-            message = "is required"
         else:
-            message = message.removeprefix("Value error, ")
-        if kind != "extra_forbidden":
             field = field or "input"
+            message = "is required" if kind == "missing" else message.removeprefix("Value error, ")
         problems.append({"field": field, "message": message})
     return problems
 

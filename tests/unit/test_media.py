@@ -24,7 +24,7 @@ from worker.media import (
     check_image,
     decode_base64,
     fetch_url,
-    load_image,
+    read_source,
     read_volume_path,
 )
 
@@ -244,24 +244,11 @@ def _routed(get, name: str, address: str):  # type: ignore[no-untyped-def]
     return routed
 
 
-def test_load_image_picks_the_given_source(tmp_path: Path) -> None:
+def test_read_source_reads_what_the_field_names(tmp_path: Path) -> None:
     png = image_bytes()
-    image = load_image(
-        field_prefix="end_image", url=None, b64=data_uri(png), path=None, limits=LIMITS, volume_root=tmp_path
-    )
-    assert image is not None and image.data == png and image.extension == "png"
-    assert (
-        load_image(
-            field_prefix="end_image", url=None, b64=None, path=None, limits=LIMITS, volume_root=tmp_path
-        )
-        is None
-    )
+    assert read_source("end_image_base64", data_uri(png), LIMITS, tmp_path) == png
+    (tmp_path / "end.png").write_bytes(png)
+    assert read_source("end_image_path", "end.png", LIMITS, tmp_path) == png
     with pytest.raises(InvalidImage, match="end_image_base64"):
-        load_image(
-            field_prefix="end_image",
-            url=None,
-            b64=data_uri(b"nope"),
-            path=None,
-            limits=LIMITS,
-            volume_root=tmp_path,
-        )
+        data = read_source("end_image_base64", data_uri(b"nope"), LIMITS, tmp_path)
+        check_image(data, field="end_image_base64", max_pixels=LIMITS.max_pixels)
