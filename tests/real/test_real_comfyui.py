@@ -586,3 +586,28 @@ def test_the_gpu_benchmark_runs_tiny_against_this_comfyui(comfyui: RealComfyUI, 
         "interpolate": 17,
     }
     assert all(row["high s/step"] > 0 and row["low s/step"] > 0 for row in rows.values()), rows
+
+
+# --------------------------------------------------------------------------------------------- the soak (last)
+SOAK_JOBS = 30
+
+
+@pytest.mark.timeout(3600)
+def test_a_short_soak_loses_no_job_and_leaks_nothing(comfyui: RealComfyUI, tmp_path: Path) -> None:
+    """``bench/soak.py`` with 30 jobs of every kind in production mode: cancels, bad inputs, ComfyUI errors and
+    one ComfyUI crash (after which ComfyUI and the worker start again). Last: it kills the tier's ComfyUI, and
+    leaves it started again on the same port."""
+    from bench import soak
+
+    report = soak.run(comfyui, SOAK_JOBS, tmp_path)
+    print(report.table())
+    total = report.total()
+    assert not report.problems, report.table()
+    assert (total.jobs, total.lost, total.wrong) == (SOAK_JOBS, 0, 0), report.table()
+    kinds = soak.schedule(SOAK_JOBS)
+    failing = ("bad_input", "comfy_error", "cancel", "kill")
+    assert total.expected == sum(kind in failing for kind in kinds), report.table()
+    assert total.done == sum(kind in soak.NORMAL_KINDS for kind in kinds), report.table()
+    assert set(kinds) == set(soak.KINDS), "the short soak has a job of every kind"
+    assert not report.not_flat(), report.table()
+    assert comfyui.alive()
