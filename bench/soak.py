@@ -61,6 +61,7 @@ BROKEN_LORA = "validate_lora_1_high.safetensors"
 LONG_STEPS = 100
 """A cancelled or crashed job samples long enough to be caught sampling: 50 steps on each expert."""
 KILL_AT = 4
+SNAPSHOT_EVERY = 50
 WARM_UP = 7
 """Jobs after the restart before the first snapshot: every kind has run once in the fresh worker."""
 FIRST_JOB_S = 1500.0
@@ -169,6 +170,8 @@ class Report:
     problems: list[str]
     warm: Snapshot | None = None
     end: Snapshot | None = None
+    between: list[tuple[int, Snapshot]] = field(default_factory=list)
+    """Snapshots after every ``SNAPSHOT_EVERY`` jobs of a long run."""
     wall_s: float = 0.0
 
     def total(self) -> Row:
@@ -214,7 +217,8 @@ class Report:
         lines.append(
             f"{'':<22} {'fds':>5} {'threads':>8} {'RSS MB':>7} {'temp files':>11} {'queue':>6} {'history':>8}  ComfyUI RSS MB"
         )
-        for name, snap in (("warm (after restart)", self.warm), ("end", self.end)):
+        between = [(f"after job {index}", snap) for index, snap in self.between]
+        for name, snap in [("warm (after restart)", self.warm), *between, ("end", self.end)]:
             if snap is not None:
                 lines.append(
                     f"{name:<22} {snap.fds:>5} {snap.threads:>8} {snap.rss_mb:>7.0f} {snap.temp_files:>11} "
@@ -407,6 +411,8 @@ class Soak:
                 )
                 if index == warm_at:
                     self.report.warm = self.snapshot()
+                elif index > warm_at and index % SNAPSHOT_EVERY == 0 and index < jobs:
+                    self.report.between.append((index, self.snapshot()))
             time.sleep(1.0)  # a cancelled job's result would have arrived by now
             for job_id in self.cancelled:
                 if job_id in self.standin.results:
