@@ -499,7 +499,10 @@ def main() -> int:
     make_validation_files(volume)
     workdir = Path(tempfile.mkdtemp(prefix="wan-soak-"))
     comfyui = RealComfyUI(env, volume, workdir / "comfyui")
-    print(f"soak: {args.jobs} jobs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; logs in {workdir}")
+    print(
+        f"soak: {args.jobs} jobs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; logs in {workdir}",
+        flush=True,
+    )
     comfyui.start()
     try:
         report = run(comfyui, args.jobs, workdir)
