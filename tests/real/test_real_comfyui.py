@@ -7,7 +7,9 @@ In this order, which the tests rely on:
 3. parity: good and broken graphs get the same verdict and the same errors from the emulator;
 4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), LoRA pairs
    with CLIP vision, FILM frame interpolation, a video longer than one context window, a cancel (through a stand-in of RunPod's job
-   API, the only way a cancel reaches a worker), and twenty jobs in a row.
+   API, the only way a cancel reaches a worker), and twenty jobs in a row;
+5. last, a short soak (``bench/soak.py``): jobs of every kind in production mode, with cancels, errors and one
+   crash of ComfyUI, which it starts again.
 
 Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
 a minute per 512-token prompt on two CPU cores) and keeps the encoding for the jobs after.
