@@ -498,6 +498,7 @@ def main() -> int:
     volume = ensure_volume(env)
     make_validation_files(volume)
     workdir = Path(tempfile.mkdtemp(prefix="wan-soak-"))
+    (workdir / "comfyui").mkdir()
     comfyui = RealComfyUI(env, volume, workdir / "comfyui")
     print(
         f"soak: {args.jobs} jobs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; logs in {workdir}",
