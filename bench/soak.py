@@ -28,8 +28,10 @@ import os
 import platform
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,6 +78,8 @@ BAD_INPUTS: tuple[dict[str, Any], ...] = (
 )
 OUTCOMES = ("done", "failed as expected", "lost", "wrong")
 BUCKET = "videos"
+STOP = threading.Event()
+"""Set (by SIGINT when run alone): no more jobs start; the table of those that ran is printed."""
 RSS_ALLOWANCE_MB = 24.0
 """Growth of the worker's RSS from the warm snapshot to the end that still counts as flat (allocator noise)."""
 
@@ -395,11 +399,14 @@ class Soak:
         self.worker = self.start_worker()
         self.fresh = True
 
-    def run(self, jobs: int, lora_url: str) -> Report:
+    def run(self, jobs: int, lora_url: str, max_s: float | None = None) -> Report:
         started = time.monotonic()
         warm_at = min(KILL_AT + WARM_UP, jobs)
         try:
             for index, kind in enumerate(schedule(jobs), start=1):
+                if STOP.is_set() or (max_s is not None and time.monotonic() - started > max_s):
+                    self.report.problems.append(f"stopped early, after {index - 1} of {jobs} jobs")
+                    break
                 row = self.report.rows[kind]
                 before = (row.done, row.expected, row.lost, row.wrong)
                 self.run_job(index, kind, lora_url)
@@ -451,7 +458,7 @@ def bucket_server() -> Iterator[str]:
         server.stop()
 
 
-def run(comfyui: RealComfyUI, jobs: int, workdir: Path) -> Report:
+def run(comfyui: RealComfyUI, jobs: int, workdir: Path, max_s: float | None = None) -> Report:
     """The soak against a running ComfyUI (which it kills and starts again once), its files under ``workdir``."""
     tmp = workdir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -469,7 +476,7 @@ def run(comfyui: RealComfyUI, jobs: int, workdir: Path) -> Report:
             "BUCKET_NAME": BUCKET,
         }
         soak = Soak(comfyui, workdir, standin, env)
-        return soak.run(jobs, files.url(f"/{LORA_URL_NAME}"))
+        return soak.run(jobs, files.url(f"/{LORA_URL_NAME}"), max_s)
 
 
 def machine() -> str:
@@ -488,7 +495,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) when the run passes")
+    parser.add_argument("--max-minutes", type=float, help="start no job after this long (a shared machine)")
     args = parser.parse_args()
+    signal.signal(signal.SIGINT, lambda *_: STOP.set())
 
     from tests.real.comfy_env import ensure_env, ensure_source, pins_from_dockerfile
     from tests.real.tiny_models import ensure_volume, make_validation_files
@@ -506,7 +515,7 @@ def main() -> int:
     )
     comfyui.start()
     try:
-        report = run(comfyui, args.jobs, workdir)
+        report = run(comfyui, args.jobs, workdir, args.max_minutes and args.max_minutes * 60)
     finally:
         peak = comfyui.peak_rss_mb()
         comfyui.stop()
