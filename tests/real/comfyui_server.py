@@ -90,7 +90,7 @@ class RealComfyUI:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         env = dict(os.environ, VOLUME_ROOT=str(self.volume), PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop() or kill()
         self.proc = subprocess.Popen(
             self.command(),
             cwd=self.workdir,
@@ -119,6 +119,14 @@ class RealComfyUI:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, the way a crash ends it; :meth:`start` starts it again on the same port, its log appended."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        if self._log is not None:
+            self._log.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

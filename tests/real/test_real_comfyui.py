@@ -8,7 +8,9 @@ In this order, which the tests rely on:
 4. real jobs through the worker's local API, to real MP4s: I2V, FLF2V (reusing the loaded models), LoRA pairs
    with CLIP vision, FILM frame interpolation, a video longer than one context window, a cancel (through a stand-in of RunPod's job
    API, the only way a cancel reaches a worker), workflow jobs (an image-only graph, a built-in job's exported
-   graph, hostile graphs), a video extended from its last frames, and twenty jobs in a row.
+   graph, hostile graphs), a video extended from its last frames, and twenty jobs in a row;
+5. last, a short soak (``bench/soak.py``): jobs of every kind in production mode, with cancels, errors and one
+   crash of ComfyUI, which it starts again.
 
 Every real job uses the same prompt and negative prompt: ComfyUI then encodes them once (UMT5-XXL takes about
 a minute per 512-token prompt on two CPU cores) and keeps the encoding for the jobs after.
@@ -799,3 +801,28 @@ def test_the_gpu_benchmark_runs_tiny_against_this_comfyui(comfyui: RealComfyUI, 
         "interpolate": 17,
     }
     assert all(row["high s/step"] > 0 and row["low s/step"] > 0 for row in rows.values()), rows
+
+
+# --------------------------------------------------------------------------------------------- the soak (last)
+SOAK_JOBS = 30
+
+
+@pytest.mark.timeout(3600)
+def test_a_short_soak_loses_no_job_and_leaks_nothing(comfyui: RealComfyUI, tmp_path: Path) -> None:
+    """``bench/soak.py`` with 30 jobs of every kind in production mode: cancels, bad inputs, ComfyUI errors and
+    one ComfyUI crash (after which ComfyUI and the worker start again). Last: it kills the tier's ComfyUI, and
+    leaves it started again on the same port."""
+    from bench import soak
+
+    report = soak.run(comfyui, SOAK_JOBS, tmp_path)
+    print(report.table())
+    total = report.total()
+    assert not report.problems, report.table()
+    assert (total.jobs, total.lost, total.wrong) == (SOAK_JOBS, 0, 0), report.table()
+    kinds = soak.schedule(SOAK_JOBS)
+    failing = ("bad_input", "comfy_error", "cancel", "kill")
+    assert total.expected == sum(kind in failing for kind in kinds), report.table()
+    assert total.done == sum(kind in soak.NORMAL_KINDS for kind in kinds), report.table()
+    assert set(kinds) == set(soak.KINDS), "the short soak has a job of every kind"
+    assert not report.not_flat(), report.table()
+    assert comfyui.alive()
