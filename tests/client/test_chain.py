@@ -6,13 +6,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.client.fake_runpod import Body, FakeRunPod, completed, progress, queued
-from tests.support.images import image_bytes
 from worker.client import (
     PAYLOAD_LIMITS,
     Client,
@@ -46,21 +44,6 @@ def extension(n: int, given: int, **video: str) -> Body:
         | ({"frames": frames} if frames else {})
         | (video or {"video": b64(clip(n))})
     )
-
-
-@pytest.fixture
-def runpod(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunPod]:
-    with FakeRunPod() as server:
-        monkeypatch.setenv("RUNPOD_API_KEY", server.api_key)
-        monkeypatch.setenv("RUNPOD_API_BASE", server.base_url)
-        yield server
-
-
-@pytest.fixture
-def png(tmp_path: Path) -> Path:
-    path = tmp_path / "start.png"
-    path.write_bytes(image_bytes("PNG"))
-    return path
 
 
 def cli(runpod: FakeRunPod, *args: str | Path) -> int:

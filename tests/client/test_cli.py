@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -46,21 +45,6 @@ def result(seed: int = 77) -> Body:
             "size_bytes": len(VIDEO),
         }
     )
-
-
-@pytest.fixture
-def runpod(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunPod]:
-    with FakeRunPod() as server:
-        monkeypatch.setenv("RUNPOD_API_KEY", server.api_key)
-        monkeypatch.setenv("RUNPOD_API_BASE", server.base_url)
-        yield server
-
-
-@pytest.fixture
-def png(tmp_path: Path) -> Path:
-    path = tmp_path / "start.png"
-    path.write_bytes(image_bytes("PNG"))
-    return path
 
 
 def cli(*args: str | Path) -> int:

@@ -65,11 +65,14 @@ def test_cancellation_interrupts_comfyui_promptly(emulator: Emulator, settings: 
     assert "error" not in asyncio.run(handle_job(job(), settings))
 
 
-def cancel_while_running(settings: Settings, emulator: Emulator) -> None:
-    """Start a job, cancel it once ComfyUI runs its prompt, and return when its cleanup has finished."""
+def cancel_while_running(
+    settings: Settings, emulator: Emulator, job_input: dict[str, Any] | None = None
+) -> None:
+    """Start a job (``job_input``, else a built-in one), cancel it once ComfyUI runs its prompt, and return when its
+    cleanup has finished."""
 
     async def scenario() -> None:
-        task = asyncio.create_task(handle_job(job(), settings))
+        task = asyncio.create_task(handle_job(job_input or job(), settings))
         deadline = time.monotonic() + 10
         while emulator.state()["running"] is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from worker.comfy import validation_error
 from worker.config import Settings
 from worker.deliver import JobResult
 from worker.handler import handle_job
+
+from .test_handler import cancel_while_running
 
 PNG = image_bytes("PNG", (32, 16), (200, 60, 30))
 MP4 = b"\x00\x00\x00\x18ftypisom" + bytes(64)
@@ -211,18 +212,8 @@ def test_outputs_go_to_the_bucket(emulator: Emulator, tmp_path: Path, s3_endpoin
 
 def test_cancel_interrupts_comfyui(emulator: Emulator, settings: Settings) -> None:
     emulator.set_faults(hang=True)
-
-    async def scenario() -> None:
-        task = asyncio.create_task(handle_job(job(), settings))
-        deadline = time.monotonic() + 10
-        while emulator.state()["running"] is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     before = emulator.state()["interrupts"]
-    asyncio.run(scenario())
+    cancel_while_running(settings, emulator, job())
     assert emulator.state()["interrupts"] > before
     assert files_in(emulator.input_dir) == []
 
