@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from . import deliver, framing, graph, handler, media
 from .config import Settings
 from .errors import InvalidInput, NoOutput, OutputTooLarge, WorkerError
-from .models import default_names, policy, roles
 from .models import job as jobmodels
+from .models import policy
 from .models.fetch import Context, ModelRef, ensure_refs
 from .schema import WorkflowInput, parse_job_input
 
@@ -130,9 +130,7 @@ def export_graph(argv: list[str], s: Settings) -> int:
         print(f"usage: python -m worker graph JOB.json\n{message}", file=sys.stderr)
         return 2
     framing.frame(job, start.width, start.height)
-    names = default_names() | {r.name: n for r in roles.JOB_ROLES if (n := job.model_name(r.name))}
-    pairs = [graph.LoraFiles(p.high, p.low, p.high_weight, p.low_weight) for p in job.lora_pairs]
-    files = graph.ModelFiles(loras=pairs, **names)
+    files = jobmodels.named_files(job)
     images = graph.Images(f"start.{start.extension}", f"end.{end.extension}" if end else None)
     bound = graph.bind(
         graph.load_template(s.workflows_dir, job.mode), job, files, images, filename_prefix="video/wan"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from ..config import Settings
 from ..errors import ComfyValidationError, ModelMissing
@@ -44,15 +44,21 @@ def resolve(
 ) -> ModelFiles:
     """Fetch what the job gives as URLs, and the manifest's on-demand files its graph loads (the first time one
     is needed); returns the file names the graph will load."""
-    defaults, refs = default_names(), url_refs(job)
-    names = {r.name: (r.job_field and job.model_name(r.name)) or defaults.get(r.name) for r in roles.ROLES}
+    refs, named = url_refs(job), named_files(job)
     for role in roles.ROLES:
-        entry = on_demand_entry(role.kind, names[role.name] or "")
+        entry = on_demand_entry(role.kind, named.get(role.name) or "")
         if entry and role.used_by(job, named=True) and not (role.job_field and job.model_url(role.name)):
             refs.append(ModelRef(role.name, role.kind, entry.url, entry.name))
-    fetched = ensure_refs(refs, Context(settings, job_id=job_id, on_progress=on_progress, cancel=cancel))
-    for role in roles.ROLES:
-        names[role.name] = fetched.get(f"{role.name}_url") or fetched.get(role.name) or names[role.name]
+    context = Context(settings, job_id=job_id, on_progress=on_progress, cancel=cancel)
+    return named_files(job, ensure_refs(refs, context))
+
+
+def named_files(job: JobInput, fetched: Mapping[str, str] | None = None) -> ModelFiles:
+    """The file names the job's graph loads, by role: the file fetched for its field (``fetched``, field -> name),
+    else the name the job gives, else the default. ``graph JOB.json`` binds with the same names."""
+    fetched, defaults = fetched or {}, default_names()
+    names = {r.name: (r.job_field and job.model_name(r.name)) or defaults.get(r.name) for r in roles.ROLES}
+    names |= {r.name: fetched[k] for r in roles.ROLES for k in (r.name, f"{r.name}_url") if k in fetched}
     loras = []
     for i, pair in enumerate(job.lora_pairs):
         high, low = (
