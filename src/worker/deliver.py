@@ -101,6 +101,12 @@ def resolve_output_mode(requested: str, bucket: Bucket | None) -> str:
     return requested
 
 
+def target_bucket(job: Mapping[str, Any], requested: str, settings: Settings) -> Bucket | None:
+    """The bucket the job's files go to (:func:`job_bucket`), or None when ``requested`` means inline."""
+    bucket = job_bucket(job, settings)
+    return bucket if resolve_output_mode(requested, bucket) == "url" else None
+
+
 def split_endpoint(endpoint_url: str, bucket: str) -> tuple[str, str]:
     """(service endpoint, bucket): ``bucket`` if given, else RunPod's convention of a virtual-hosted endpoint
     whose first host label is the bucket (``https://bucket.s3.region.host``), or a path-style one."""

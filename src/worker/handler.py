@@ -157,9 +157,7 @@ async def handle_job(
 async def make_video(run: JobRun) -> dict[str, Any]:
     job = validate(run, JobInput)
     jobmodels.check_urls(job, run.settings)
-    bucket = deliver.job_bucket(run.job, run.settings)
-    if deliver.resolve_output_mode(job.output, bucket) != "url":
-        bucket = None  # delivered inline
+    bucket = deliver.target_bucket(run.job, job.output, run.settings)
 
     with run.stage("inputs", "inputs"):
         start_image, end_image = await load_images(run, job)

@@ -34,9 +34,7 @@ async def run_workflow(run: handler.JobRun) -> dict[str, Any]:
     refs = [ModelRef(f"models[{i}].url", m.folder, m.url, m.name) for i, m in enumerate(job.models)]
     for ref in refs:
         policy.check_url_rules(ref.url, field=ref.field, settings=s)
-    bucket = deliver.job_bucket(run.job, s)
-    if deliver.resolve_output_mode(job.output, bucket) != "url":
-        bucket = None  # delivered inline
+    bucket = deliver.target_bucket(run.job, job.output, s)
     with run.stage("inputs", "inputs"):
         files = await asyncio.gather(
             *(asyncio.to_thread(load_file, f.image, i, s) for i, f in enumerate(job.images))
