@@ -115,19 +115,22 @@ def _link(target: Target, blob: Path, sha256: str | None, ctx: Context) -> Actio
     return "linked from the model cache"
 
 
-def _complete(target: Target, ctx: Context, remote: tuple[int | None, str | None] | None = None) -> Target:
-    """``target`` with the size and sha256 its source announces (``remote``: already asked)."""
-    source = sources.hub_file(target.url)
-    if remote is None and source is not None:
-        remote = sources.hub_metadata(source, ctx.settings, target.label)
-    elif remote is None:
-        with policy.opener(target.url, target.field, ctx.settings, ctx.resolver) as opener:
-            remote = sources.probe(opener, target.label, ctx.retry)[::3]
-    size, sha256 = remote
-    policy.check_size(size, field=target.field, url=target.url, settings=ctx.settings)
-    if sha256 and not target.sha256:
-        ctx.say("%s: the source announces sha256 %s; the download must match it", target.field, sha256)
-    return target._replace(size=target.size or size, sha256=target.sha256 or sha256)
+def _remote(url: str, field: str, ctx: Context) -> sources.Remote:
+    """What the source announces: a Hub file's metadata (one HEAD request), another host's answer for byte 0."""
+    label = f"{field} ({redact_url(url)})"
+    if (source := sources.hub_file(url)) is not None:
+        return sources.hub_metadata(source, ctx.settings, label)
+    with policy.opener(url, field, ctx.settings, ctx.resolver) as opener:
+        return sources.probe(opener, label, ctx.retry)
+
+
+def _complete(target: Target, ctx: Context, remote: sources.Remote | None = None) -> Target:
+    """``target`` with the size and sha256 its source announces (``remote``: already asked), within the limit."""
+    remote = remote or _remote(target.url, target.field, ctx)
+    policy.check_size(remote.size, field=target.field, url=target.url, settings=ctx.settings)
+    if remote.sha256 and not target.sha256:
+        ctx.say("%s: the source announces sha256 %s; the download must match it", target.field, remote.sha256)
+    return target._replace(size=target.size or remote.size, sha256=target.sha256 or remote.sha256)
 
 
 def _download(target: Target, staging: Path, ctx: Context) -> tuple[Path, str]:
@@ -238,16 +241,13 @@ def _ensure_url(ref: ModelRef, ctx: Context) -> str:
         if file_status(path, known.get("size"), known.get("sha256")).state.usable:
             ctx.say("%s: %s was fetched before; reusing it", ref.field, path.name)
             return _claim(ctx, ref, path.name)
-    probed, label = None, f"{ref.field} ({redact_url(ref.url)})"
-    if not sources.hub_file(ref.url):
-        with policy.opener(ref.url, ref.field, ctx.settings, ctx.resolver) as opener:
-            probed = sources.probe(opener, label, ctx.retry)
-    _, disposition, final_url, _ = probed or (None, None, ref.url, None)
-    name = ref.name or policy.derive_name(ref.field, ref.url, final_url, disposition, ctx.settings)
+    remote = None if sources.hub_file(ref.url) else _remote(ref.url, ref.field, ctx)
+    said = remote or sources.Remote()
+    name = ref.name or policy.derive_name(ref.field, ref.url, said.final_url, said.disposition, ctx.settings)
     name = _claim(ctx, ref, name)
     target = Target(ref.field, ref.url, volume.target_path(root, ref.kind, name))
-    if probed or target.path.exists():  # a file of that name may be another: compare its size and hash
-        target = _complete(target, ctx, probed[::3] if probed else None)
+    if remote or target.path.exists():  # a file of that name may be another: compare its size and hash
+        target = _complete(target, ctx, remote)
     fetch(target, ctx)
     _, size, sha256 = file_status(target.path)
     index = {"url": redact_url(ref.url), "name": name, "size": size, "sha256": sha256}

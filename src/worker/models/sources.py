@@ -32,6 +32,13 @@ RETRYABLE: tuple[type[Exception], ...] = (requests.ConnectionError, requests.Tim
 RETRYABLE += (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError, TimeoutError)
 
 
+class Remote(NamedTuple):  # what a source announces of a file before its download
+    size: int | None = None
+    sha256: str | None = None
+    disposition: str | None = None  # Content-Disposition, for its name (not from the Hub)
+    final_url: str = ""
+
+
 class HubFile(NamedTuple):
     repo_id: str
     filename: str
@@ -76,7 +83,7 @@ def _hub_failed(label: str, exc: Exception) -> ModelDownloadFailed:  # its own m
     return ModelDownloadFailed(f"{label}: the Hub download failed ({what}){hint if status else ''}")
 
 
-def hub_metadata(file: HubFile, settings: Settings, label: str) -> tuple[int | None, str | None]:
+def hub_metadata(file: HubFile, settings: Settings, label: str) -> Remote:
     """(size, sha256) as the Hub announces them (``X-Linked-Size``, ``X-Linked-Etag``): one HEAD request."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
@@ -85,7 +92,7 @@ def hub_metadata(file: HubFile, settings: Settings, label: str) -> tuple[int | N
         meta = get_hf_file_metadata(url, token=token, endpoint=endpoint(), retry_on_errors=True)
     except Exception as exc:
         raise _hub_failed(label, exc) from exc
-    return meta.size, meta.etag if meta.etag and _SHA256.fullmatch(meta.etag) else None
+    return Remote(meta.size, meta.etag if meta.etag and _SHA256.fullmatch(meta.etag) else None)
 
 
 def from_hub(file: HubFile, into: Path, meter: Meter, settings: Settings, label: str) -> Path:
@@ -162,15 +169,15 @@ def _open(opener: Opener, start: int, label: str, end: str = "") -> tuple[reques
     return response, int(size) if size.isdigit() else None
 
 
-def probe(opener: Opener, label: str, retry: Retry) -> tuple[int | None, str | None, str, str | None]:
-    """Ask for the first byte only: the file's size, Content-Disposition, final URL and announced sha256."""
+def probe(opener: Opener, label: str, retry: Retry) -> Remote:
+    """Ask for the first byte only: the file's size, announced sha256, Content-Disposition and final URL."""
 
-    def ask() -> tuple[int | None, str | None, str, str | None]:
+    def ask() -> Remote:
         response, size = _open(opener, 0, label, end="0")
         with contextlib.closing(response):
             etag = _linked(response, "X-Linked-Etag").removeprefix("W/").strip().strip('"').lower()
             sha256 = etag if _SHA256.fullmatch(etag) else None
-            return size, response.headers.get("content-disposition"), response.url, sha256
+            return Remote(size, sha256, response.headers.get("content-disposition"), response.url)
 
     return retry.call(ask, label)
 
