@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from worker.models import FOLDER_KINDS, default_names, load_manifest
-from worker.models.manifest import ManifestError, on_demand_entry, parse_manifest
+from worker.models.manifest import ManifestError, find, parse_manifest
 from worker.models.volume import search_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +60,9 @@ def test_the_interpolation_models_are_fetched_on_demand_from_the_hub() -> None:
         for role, name in ON_DEMAND
     ]
     assert got == want
-    assert on_demand_entry("frame_interpolation", "rife_v4.26.safetensors") == entries[4]
-    assert on_demand_entry("frame_interpolation", "nothing.safetensors") is None
-    assert on_demand_entry("vae", "wan_2.1_vae.safetensors") is None  # fetched at start, not on demand
+    assert find(entries, "frame_interpolation", "rife_v4.26.safetensors") == entries[4]
+    assert find(entries, "frame_interpolation", "nothing.safetensors") is None
+    assert not find(load_manifest(), "vae", "wan_2.1_vae.safetensors").on_demand  # type: ignore[union-attr]
 
 
 def test_default_names_by_role() -> None:

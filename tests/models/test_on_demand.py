@@ -11,7 +11,7 @@ import pytest
 from worker.config import Settings
 from worker.errors import ModelDownloadFailed, UrlNotAllowed
 from worker.models.fetch import ModelRef
-from worker.models.manifest import on_demand_entry
+from worker.models.manifest import find, load_manifest
 from worker.models.volume import State, file_status
 
 from .conftest import run
@@ -22,8 +22,8 @@ FILM = "film_net_fp16.safetensors"
 
 def film_ref() -> ModelRef:
     """What a job whose graph interpolates frames asks for: the packaged manifest's FILM file."""
-    entry = on_demand_entry("frame_interpolation", FILM)
-    assert entry is not None and entry.url.startswith("https://huggingface.co/")
+    entry = find(load_manifest(), "frame_interpolation", FILM)
+    assert entry is not None and entry.on_demand and entry.url.startswith("https://huggingface.co/")
     return ModelRef("interpolation_model", entry.kind, entry.url, entry.name)
 
 

@@ -50,9 +50,9 @@ def test_availability_hint_depends_on_who_named_the_file() -> None:
 
 def test_only_the_models_a_graph_loads_are_wanted() -> None:
     files, job = files_for({"lightning": False})
-    kinds = {field for field, _kind, _name in jobmodels.wanted(files, job)}  # type: ignore[arg-type]
+    kinds = {field for field, _kind, _name, _mine in jobmodels.wanted(files, job)}  # type: ignore[arg-type]
     assert kinds == {"high_model", "low_model", "text_encoder", "vae"}
     files, job = files_for({"interpolate": 2, "clip_vision": "cv.safetensors"})
-    kinds = {field for field, _kind, _name in jobmodels.wanted(files, job)}  # type: ignore[arg-type]
+    kinds = {field for field, _kind, _name, _mine in jobmodels.wanted(files, job)}  # type: ignore[arg-type]
     assert {"lightning", "clip_vision"} <= kinds
     assert ("interpolation_model" in kinds) == ("interpolation_model" in default_names())

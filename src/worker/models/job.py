@@ -13,7 +13,7 @@ from ..graph import LoraFiles, ModelFiles
 from ..schema import JobInput
 from . import policy, roles
 from .fetch import Context, ModelRef, ensure_refs
-from .manifest import default_names, on_demand_entry
+from .manifest import default_names, find, load_manifest
 from .volume import FOLDER_KINDS
 
 Listing = Callable[[str], list[str] | None]  # the file names a model folder holds, None when unknown
@@ -46,8 +46,13 @@ def resolve(
     is needed); returns the file names the graph will load."""
     refs, named = url_refs(job), named_files(job)
     for role in roles.ROLES:
-        entry = on_demand_entry(role.kind, named.get(role.name) or "")
-        if entry and role.used_by(job, named=True) and not (role.job_field and job.model_url(role.name)):
+        entry = find(load_manifest(), role.kind, named.get(role.name) or "")
+        if (
+            entry
+            and entry.on_demand
+            and role.used_by(job, named=True)
+            and not (role.job_field and job.model_url(role.name))
+        ):
             refs.append(ModelRef(role.name, role.kind, entry.url, entry.name))
     context = Context(settings, job_id=job_id, on_progress=on_progress, cancel=cancel)
     return named_files(job, ensure_refs(refs, context))
@@ -68,15 +73,16 @@ def named_files(job: JobInput, fetched: Mapping[str, str] | None = None) -> Mode
     return ModelFiles(loras=loras, **names)
 
 
-def wanted(files: ModelFiles, job: JobInput) -> Iterator[tuple[str, str, str]]:
-    """(field, folder kind, file name) for every model the graph will load."""
+def wanted(files: ModelFiles, job: JobInput) -> Iterator[tuple[str, str, str, bool]]:
+    """(field, folder kind, file name, whether the job named it) for every model the graph will load."""
     for role in roles.ROLES:
         if (name := files.get(role.name)) and role.used_by(job, named=True):
-            yield (role.name if role.job_field else "lightning"), role.kind, name
+            mine = role.job_field and bool(job.model_name(role.name) or job.model_url(role.name))
+            yield (role.name if role.job_field else "lightning"), role.kind, name, mine
     for index, pair in enumerate(files.loras):
         for side, name in (("high", pair.high), ("low", pair.low)):
             if name:
-                yield f"lora_pairs[{index}].{side}", roles.LORA_KIND, name
+                yield f"lora_pairs[{index}].{side}", roles.LORA_KIND, name, True
 
 
 def missing_model(field: str, kind: str, name: str, *, named_by_job: bool) -> ModelMissing:
@@ -92,11 +98,9 @@ def missing_model(field: str, kind: str, name: str, *, named_by_job: bool) -> Mo
 def check_available(list_models: Listing, files: ModelFiles, job: JobInput) -> None:
     """Refuse the job, naming file and folder, when the listing lacks a model the graph must load."""
     listing = functools.cache(list_models)  # each folder asked once
-    for field, kind, name in wanted(files, job):
+    for field, kind, name, mine in wanted(files, job):
         if (available := listing(kind)) is not None and name not in available:
-            role = roles.BY_NAME.get(field)
-            mine = role is not None and role.job_field and bool(job.model_name(field) or job.model_url(field))
-            raise missing_model(field, kind, name, named_by_job=mine or field.startswith("lora_pairs["))
+            raise missing_model(field, kind, name, named_by_job=mine)
 
 
 def missing_from_validation(err: ComfyValidationError) -> ModelMissing | None:

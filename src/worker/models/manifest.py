@@ -87,9 +87,3 @@ def default_names(manifest: Manifest | None = None) -> dict[str, str]:
 
 def find(manifest: Manifest, kind: str, name: str = "", url: str = "") -> ManifestEntry | None:
     return next((e for e in manifest if e.kind == kind and (e.name == name or e.url == url)), None)
-
-
-def on_demand_entry(kind: str, name: str) -> ManifestEntry | None:
-    """The packaged on-demand entry of the file ``name`` of ``kind`` (``frame_interpolation/<name>`` ...)."""
-    entry = find(load_manifest(), kind, name)
-    return entry if entry is not None and entry.on_demand else None
