@@ -41,6 +41,7 @@ from .errors import (
     WorkerError,
 )
 from .models import job as jobmodels
+from .models.fetch import check_ref
 from .progress import ProgressReporter, Sender, runpod_sender
 from .schema import JobInput, WorkflowInput, describe_errors
 
@@ -156,7 +157,8 @@ async def handle_job(
 
 async def make_video(run: JobRun) -> dict[str, Any]:
     job = validate(run, JobInput)
-    jobmodels.check_urls(job, run.settings)
+    for ref in jobmodels.url_refs(job):
+        check_ref(ref, run.settings)
     bucket = deliver.target_bucket(run.job, job.output, run.settings)
 
     with run.stage("inputs", "inputs"):

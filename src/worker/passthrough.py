@@ -21,8 +21,7 @@ from . import deliver, framing, graph, handler, media
 from .config import Settings
 from .errors import InvalidInput, NoOutput, OutputTooLarge, WorkerError
 from .models import job as jobmodels
-from .models import policy
-from .models.fetch import Context, ModelRef, ensure_refs
+from .models.fetch import Context, ModelRef, check_ref, ensure_refs
 from .schema import WorkflowInput, parse_job_input
 
 
@@ -33,7 +32,7 @@ async def run_workflow(run: handler.JobRun) -> dict[str, Any]:
     job = handler.validate(run, WorkflowInput)
     refs = [ModelRef(f"models[{i}].url", m.folder, m.url, m.name) for i, m in enumerate(job.models)]
     for ref in refs:
-        policy.check_url_rules(ref.url, field=ref.field, settings=s)
+        check_ref(ref, s)
     bucket = deliver.target_bucket(run.job, job.output, s)
     with run.stage("inputs", "inputs"):
         files = await asyncio.gather(

@@ -164,6 +164,8 @@ def test_unexpected_failure_is_an_internal_error_without_traceback(
         ({"vae": "vae.ckpt"}, "vae", "ALLOW_PICKLE_MODELS"),
         ({"high_model_url": "https://models.example.com/high.safetensors"}, "high_model_url", "not allowed"),
         ({"lora_pairs": [{"low_url": "http://huggingface.co/a/b.safetensors"}]}, "lora_pairs[0].low_url", "https"),
+        ({"vae_url": "https://huggingface.co/a/resolve/main/v.safetensors", "vae": "wan_2.1_vae.safetensors"},
+         "vae_url", "the name of a default model file"),
     ],
 )  # fmt: skip
 def test_a_model_the_policy_refuses_is_refused_before_any_work(

@@ -202,18 +202,15 @@ def fetch(target: Target, ctx: Context, verify: bool = False) -> Action:
         raise ModelDownloadFailed(message, details=[{"field": target.field, "folder": str(folder)}]) from exc
 
 
-def _validate(ref: ModelRef, ctx: Context) -> None:
-    """The rules checked before any request: kind, URL, file name, no clash with a default file's name. A manifest's
-    or a Hub URL is not looked up (a Hub file comes from HF_ENDPOINT, not from the URL's host)."""
+def check_ref(ref: ModelRef, settings: Settings, manifest: Manifest | None = None) -> None:
+    """Refuse, before any request, what the rules forbid: an unknown kind, a URL's scheme or host, a file name,
+    the name of a default model file for another URL."""
     if ref.kind not in FOLDER_KINDS:
         raise InvalidInput(f"{ref.field}: unknown model kind {ref.kind!r}; known: {', '.join(FOLDER_KINDS)}")
-    if find(ctx.manifest, ref.kind, url=ref.url) or sources.hub_file(ref.url):
-        policy.check_url_rules(ref.url, field=ref.field, settings=ctx.settings)
-    else:
-        policy.check_model_url(ref.url, field=ref.field, settings=ctx.settings, resolver=ctx.resolver)
+    policy.check_url_rules(ref.url, field=ref.field, settings=settings)
     if ref.name is not None:
-        policy.check_name(ref.name, field=ref.field, settings=ctx.settings)
-        if (entry := find(ctx.manifest, ref.kind, ref.name)) and entry.url != ref.url:
+        policy.check_name(ref.name, field=ref.field, settings=settings)
+        if (entry := find(manifest or load_manifest(), ref.kind, ref.name)) and entry.url != ref.url:
             message = f"{ref.field}: {ref.name!r} is the name of a default model file; give the file from "
             message += f"{redact_url(ref.url)} another name"
             raise InvalidInput(message, details=[{"field": ref.field, "name": ref.name}])
@@ -276,8 +273,10 @@ def ensure_refs(refs: Sequence[ModelRef], ctx: Context) -> dict[str, str]:
     :class:`ModelDownloadFailed`; a set ``ctx.cancel``, :class:`JobCancelled` at once. A URL given twice is
     fetched once, different ones side by side; their bytes go to ``ctx.on_progress`` about once a second.
     """
-    for ref in refs:
-        _validate(ref, ctx)
+    for ref in refs:  # the rules, and the address unless the file comes from the manifest or from HF_ENDPOINT
+        check_ref(ref, ctx.settings, ctx.manifest)
+        if not (find(ctx.manifest, ref.kind, url=ref.url) or sources.hub_file(ref.url)):
+            policy.check_model_url(ref.url, field=ref.field, settings=ctx.settings, resolver=ctx.resolver)
     firsts = {(ref.kind, ref.url, ref.name): ref for ref in reversed(refs)}
     futures = {ref.field: _spawn(ref, ctx) for ref in firsts.values()}
     reported: dict[str, tuple[float, int]] = {}

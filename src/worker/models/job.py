@@ -11,7 +11,7 @@ from ..config import Settings
 from ..errors import ComfyValidationError, ModelMissing
 from ..graph import LoraFiles, ModelFiles
 from ..schema import JobInput
-from . import policy, roles
+from . import roles
 from .fetch import Context, ModelRef, ensure_refs
 from .manifest import default_names, find, load_manifest
 from .volume import FOLDER_KINDS
@@ -26,12 +26,6 @@ def url_refs(job: JobInput) -> list[ModelRef]:
         for side, name, url in (("high", pair.high, pair.high_url), ("low", pair.low, pair.low_url)):
             refs.append((f"lora_pairs[{i}].{side}_url", roles.LORA_KIND, url, name))
     return [ModelRef(field, kind, url, name) for field, kind, url, name in refs if url]
-
-
-def check_urls(job: JobInput, settings: Settings) -> None:
-    """Refuse a model URL the policy forbids (scheme, host list) before any work; needs no request."""
-    for ref in url_refs(job):
-        policy.check_url_rules(ref.url, field=ref.field, settings=settings)
 
 
 def resolve(
