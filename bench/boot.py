@@ -15,9 +15,9 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from worker.models import FOLDER_KINDS, load_manifest
 from worker.models.cli import main as models_main
-from worker.models.volume import write_record
+from worker.models.manifest import load_manifest
+from worker.models.volume import FOLDER_KINDS, write_record
 
 TARGET_S = 0.100
 

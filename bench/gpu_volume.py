@@ -16,7 +16,7 @@ from tests.real import make_tiny_models
 from tests.real.comfy_env import ComfyEnv, SetupError, build_once
 from tests.real.tiny_models import MANIFEST
 
-from worker.models import FOLDER_KINDS
+from worker.models.volume import FOLDER_KINDS
 
 MAKER = Path(__file__).resolve().with_name("gpu_models.py")
 

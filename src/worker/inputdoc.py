@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .models import default_names
 from .models import names as modelnames
+from .models.manifest import default_names
 from .schema import FIELD_NAMES, input_json_schema
 
 _MODEL_DEFAULTS = default_names()

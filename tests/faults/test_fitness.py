@@ -13,7 +13,7 @@ from tests.real.runpod_standin import ProductionWorker, RunpodStandin, productio
 from tests.support.images import data_uri, image_bytes
 from tests.support.video import probe_b64
 from tests.support.worker_proc import free_port, worker_env
-from worker.models import default_names, load_manifest
+from worker.models.manifest import default_names, load_manifest
 
 JOB = {"prompt": "p", "image_base64": data_uri(image_bytes()), "width": 128, "height": 128, "length": 9}
 HIGH = default_names()["high_model"]

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.models import FOLDER_KINDS
 from worker.models.cli import main
 from worker.models.manifest import load_manifest
-from worker.models.volume import State, file_status, write_record
+from worker.models.volume import FOLDER_KINDS, State, file_status, write_record
 
 from .fileserver import FakeHub, model_bytes
 

@@ -12,10 +12,9 @@ import pytest
 
 from worker.config import Settings
 from worker.errors import InvalidInput, ModelDownloadFailed, UrlNotAllowed
-from worker.models import FOLDER_KINDS
 from worker.models.fetch import ModelRef
 from worker.models.manifest import ManifestEntry
-from worker.models.volume import State, file_status, write_record
+from worker.models.volume import FOLDER_KINDS, State, file_status, write_record
 
 from .conftest import run
 from .fileserver import FileServer, model_bytes

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.models import FOLDER_KINDS, default_names, load_manifest
-from worker.models.manifest import ManifestError, find, parse_manifest
-from worker.models.volume import search_dirs
+from worker.models.manifest import ManifestError, default_names, find, load_manifest, parse_manifest
+from worker.models.volume import FOLDER_KINDS, search_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 W22 = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"

@@ -11,8 +11,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from worker.models import FOLDER_KINDS, default_names, roles
-from worker.models.volume import target_path
+from worker.models import roles
+from worker.models.manifest import default_names
+from worker.models.volume import FOLDER_KINDS, target_path
 from worker.schema import MAX_LORA_PAIRS
 
 from .comfy_env import REPO, ComfyEnv, SetupError, build_once, cache_dir

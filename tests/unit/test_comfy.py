@@ -22,7 +22,7 @@ from worker.errors import (
     NoOutput,
 )
 from worker.graph import Images, ModelFiles, bind, load_template
-from worker.models import default_names
+from worker.models.manifest import default_names
 from worker.schema import parse_job_input
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"

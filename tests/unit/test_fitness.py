@@ -12,7 +12,7 @@ import pytest
 from tests.emulator import Emulator
 from tests.support.settings import settings_for
 from worker.fitness import checks
-from worker.models import default_names, load_manifest
+from worker.models.manifest import default_names, load_manifest
 
 HIGH = default_names()["high_model"]
 

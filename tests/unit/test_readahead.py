@@ -10,7 +10,7 @@ import pytest
 
 from worker import readahead
 from worker.config import Settings
-from worker.models import load_manifest
+from worker.models.manifest import load_manifest
 from worker.readahead import cached_bytes, plan
 
 MB = 1 << 20

@@ -6,8 +6,10 @@ import pytest
 
 from worker.errors import ModelMissing
 from worker.graph import ModelFiles
-from worker.models import FOLDER_KINDS, default_names, roles
 from worker.models import job as jobmodels
+from worker.models import roles
+from worker.models.manifest import default_names
+from worker.models.volume import FOLDER_KINDS
 from worker.schema import parse_job_input
 
 BASE = {"prompt": "p", "image_base64": "eA=="}

@@ -40,13 +40,9 @@ def resolve(
     is needed); returns the file names the graph will load."""
     refs, named = url_refs(job), named_files(job)
     for role in roles.ROLES:
+        given = role.job_field and job.model_url(role.name)  # the job's own file comes from its URL
         entry = find(load_manifest(), role.kind, named.get(role.name) or "")
-        if (
-            entry
-            and entry.on_demand
-            and role.used_by(job, named=True)
-            and not (role.job_field and job.model_url(role.name))
-        ):
+        if entry and entry.on_demand and role.used_by(job, named=True) and not given:
             refs.append(ModelRef(role.name, role.kind, entry.url, entry.name))
     context = Context(settings, job_id=job_id, on_progress=on_progress, cancel=cancel)
     return named_files(job, ensure_refs(refs, context))
