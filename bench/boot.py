@@ -15,6 +15,7 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from worker.config import Settings
 from worker.models.cli import main as models_main
 from worker.models.manifest import load_manifest
 from worker.models.volume import FOLDER_KINDS, write_record
@@ -43,7 +44,7 @@ def main() -> int:
         for _ in range(args.runs):
             started = time.perf_counter()
             with redirect_stdout(io.StringIO()):
-                code = models_main(["ensure"])
+                code = models_main(["ensure"], Settings.from_env())
             times.append(time.perf_counter() - started)
             assert code == 0
         started = time.perf_counter()

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["models"]:
         from .models.cli import main as models_main
 
-        return models_main(args[1:])
+        return models_main(args[1:], settings)
     if args[:1] == ["graph"]:
         from .passthrough import export_graph
 

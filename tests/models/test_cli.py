@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.models.cli import main
+from worker.__main__ import main as worker_main
+from worker.config import Settings
+from worker.models import cli
 from worker.models.manifest import load_manifest
 from worker.models.volume import FOLDER_KINDS, State, file_status, write_record
 
@@ -35,6 +37,11 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
 
 
 sys.addaudithook(_audit)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m worker models ARGV`` in this process, with the settings of the environment."""
+    return cli.main(argv, Settings.from_env())
 
 
 @pytest.fixture
@@ -184,7 +191,7 @@ def test_configuration_errors_exit_2(env: Path, tmp_path: Path, monkeypatch: pyt
     assert main(["verify", "no-such-file"]) == 2
     assert main(["frobnicate"]) == 2
     monkeypatch.setenv("MAX_MODEL_GB", "lots")
-    assert main(["status"]) == 2
+    assert worker_main(["models", "status"]) == 2
 
 
 def test_python_m_worker_models(env: Path) -> None:

@@ -6,12 +6,11 @@ otherwise, 2 for a usage or configuration error. ``MODELS_MANIFEST`` may name a 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from ..config import Settings, SettingsError
+from ..config import Settings
 from ..errors import WorkerError
 from . import volume
 from .fetch import Context, Target, fetch, human_bytes, log
@@ -61,22 +60,20 @@ def ensure(manifest: Manifest, settings: Settings) -> bool:
     return status(manifest, settings) and ok
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str], settings: Settings) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker models", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("ensure", "status", "verify"))
     parser.add_argument("names", nargs="*", metavar="NAME", help="only these files (names or roles)")
     try:
-        args = parser.parse_args(argv)
-        settings, manifest, only = Settings.from_env(), manifest_from_env(os.environ), set(args.names)
-        if unknown := only - {e.name for e in manifest} - {e.role for e in manifest}:
+        args, manifest = parser.parse_args(argv), manifest_from_env(os.environ)
+        if unknown := set(args.names) - {e.name for e in manifest} - {e.role for e in manifest}:
             raise ManifestError(f"not in the manifest: {', '.join(sorted(unknown))}")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    except (SettingsError, ManifestError) as exc:
+    except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest = tuple(e for e in manifest if not only or e.name in only or e.role in only)
+    manifest = tuple(e for e in manifest if not args.names or e.name in args.names or e.role in args.names)
     if args.command == "ensure":
         return 0 if ensure(manifest, settings) else 1
     return 0 if status(manifest, settings, verify=args.command == "verify") else 1
