@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     """How long a model download waits for the server's next bytes before it tries again."""
     model_lock_timeout_s: float = setting(3 * 3600.0, "Model lock timeout (s)", ge=1)
     """How long a worker waits for another worker's download of the same file before it fetches the file itself."""
+    models_manifest: Path | None = setting(None, "Models manifest")
+    """A JSON file of the shape of the packaged list of default models (name, kind, url, size, sha256) that
+    replaces it for `models ensure`, the start check and the read-ahead, e.g. to fetch them from a mirror. Jobs
+    name the packaged list's files, so it keeps their names."""
     hf_token: str = setting("", "Hugging Face token", basic=True, secret=True)
     """Token for gated or private Hugging Face files named by a job's URLs (the default models need none); sent
     only to the Hub (`HF_ENDPOINT`), never to its CDN, never logged."""

@@ -4,14 +4,13 @@ ends the worker (exit 1) with its reason in the log, and RunPod replaces the wor
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 
 from .config import Settings
 from .handler import comfy_client, handle_job
 from .models import volume
-from .models.manifest import manifest_from_env
+from .models.manifest import load_manifest
 
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAGUlEQVR42mOsqKhgIAUwMZAIRjWMahg6GgB//AGIMoiFLAAAAABJRU5ErkJggg=="
 WARMUP_INPUT = dict(prompt="warm-up", image_base64=PIXEL, width=128, height=128, length=5, steps=2)
@@ -38,7 +37,7 @@ def checks(settings: Settings) -> list[Callable[[], object]]:
 
     def default_models() -> None:
         """By size only: hashing the 37 GB of default models at every start would take minutes."""
-        for entry in (e for e in manifest_from_env(os.environ) if not e.on_demand):
+        for entry in (e for e in load_manifest(settings.models_manifest) if not e.on_demand):
             path = volume.target_path(settings.volume_root, entry.kind, entry.name)
             state, size, _ = volume.file_status(path, entry.size, entry.sha256)
             if state.usable or (size is None and entry.name in (client.list_models(entry.kind) or [])):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import Settings
-from .models.manifest import manifest_from_env
+from .models.manifest import load_manifest
 from .models.volume import target_path
 
 CHUNK, BUFFER, THREADS = 64 << 20, 8 << 20, 16
@@ -68,7 +68,7 @@ def readahead(paths: list[Path], budget: int, threads: int = THREADS) -> int:
 
 
 def main(settings: Settings) -> int:
-    entries = [e for e in manifest_from_env(os.environ) if settings.readahead and not e.on_demand]
+    entries = [e for e in load_manifest(settings.models_manifest) if settings.readahead and not e.on_demand]
     entries.sort(key=lambda e: ORDER.index(e.role) if e.role in ORDER else len(ORDER))  # as a job loads them
     paths = [p for e in entries if (p := target_path(settings.volume_root, e.kind, e.name)).is_file()]
     started, budget = time.monotonic(), meminfo("MemAvailable") - max(2 << 30, meminfo("MemTotal") // 10)

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from worker.config import Settings
-from worker.models.manifest import MANIFEST_ENV
 from worker.settingsdoc import env_name
 
 from .harness import REPO, START_SH
@@ -133,7 +132,7 @@ def test_hub_env_entries_are_well_formed() -> None:
 
 def test_every_environment_variable_is_documented_in_the_hub() -> None:
     documented = set(hub_env())
-    wanted = (set(start_sh_defaults()) - INTERNAL) | config_names() | {MANIFEST_ENV}  # the models CLI's
+    wanted = (set(start_sh_defaults()) - INTERNAL) | config_names()
     assert wanted - documented == set(), "undocumented in .runpod/hub.json"
     assert documented - wanted == set(), "documented but read by nothing"
 

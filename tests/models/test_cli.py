@@ -230,9 +230,9 @@ def test_on_demand_files_are_listed_left_to_the_jobs_and_verified_by_their_recor
 
     from worker.config import Settings
     from worker.models.fetch import Context, ModelRef, ensure_refs
-    from worker.models.manifest import manifest_from_env
 
-    ctx = Context(Settings.from_env(), manifest=manifest_from_env(os.environ))
+    settings = Settings.from_env()
+    ctx = Context(settings, manifest=load_manifest(settings.models_manifest))
     ref = ModelRef("interpolation_model", "frame_interpolation", url, "film.safetensors")
     assert ensure_refs([ref], ctx) == {"interpolation_model": "film.safetensors"}
     assert main(["status"]) == 0

@@ -50,18 +50,15 @@ def test_a_default_model_neither_on_the_volume_nor_in_comfyui_is_refused(tmp_pat
         check("default_models", without_high, tmp_path)()
 
 
-def test_models_are_checked_by_size_against_the_manifest_in_use(
-    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_models_are_checked_by_size_against_the_manifest_in_use(emulator: Emulator, tmp_path: Path) -> None:
     """MODELS_MANIFEST, as for `models ensure`; a file of the right size passes unhashed, a longer one not."""
     (entry,) = [e for e in load_manifest() if e.name == HIGH]
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"version": 1, "files": [{**entry.model_dump(), "size": 10}]}))
-    monkeypatch.setenv("MODELS_MANIFEST", str(manifest))
     (tmp_path / "models").mkdir()
     model = tmp_path / "models" / HIGH
     model.write_bytes(b"0123456789")
-    default_models = check("default_models", emulator, tmp_path)
+    default_models = check("default_models", emulator, tmp_path, MODELS_MANIFEST=str(manifest))
     default_models()
     model.write_bytes(b"0123456789+")
     with pytest.raises(RuntimeError, match=r"is wrong size \(11 of 10 bytes\)"):

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..errors import WorkerError
 from . import volume
 from .fetch import Context, Target, fetch, human_bytes, log
-from .manifest import Manifest, ManifestError, manifest_from_env
+from .manifest import Manifest, ManifestError, load_manifest
 from .volume import State, file_status
 
 STATES = {State.UNVERIFIED: "present, not yet hashed", State.CORRUPT: "corrupt (sha256 mismatch)"}
@@ -65,7 +65,7 @@ def main(argv: Sequence[str], settings: Settings) -> int:
     parser.add_argument("command", choices=("ensure", "status", "verify"))
     parser.add_argument("names", nargs="*", metavar="NAME", help="only these files (names or roles)")
     try:
-        args, manifest = parser.parse_args(argv), manifest_from_env(os.environ)
+        args, manifest = parser.parse_args(argv), load_manifest(settings.models_manifest)
         if unknown := set(args.names) - {e.name for e in manifest} - {e.role for e in manifest}:
             raise ManifestError(f"not in the manifest: {', '.join(sorted(unknown))}")
     except SystemExit as exc:

@@ -1,12 +1,11 @@
-"""The default model files: ``manifest.json`` in the package, read once (``MODELS_MANIFEST``, read by the CLI,
-may name another). A file fetched ``on_demand`` (by the first job that needs it) may leave ``size`` and ``sha256``
+"""The default model files: ``manifest.json`` in the package, read once (the ``MODELS_MANIFEST`` setting may name
+another). A file fetched ``on_demand`` (by the first job that needs it) may leave ``size`` and ``sha256``
 null (the sha256 the Hub announces is checked) and ``role`` null (an alternative file, no role's default)."""
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,8 +14,6 @@ import pydantic
 from pydantic import BeforeValidator, Field
 
 from .volume import FOLDER_KINDS
-
-MANIFEST_ENV = "MODELS_MANIFEST"
 
 
 class ManifestError(ValueError):
@@ -74,10 +71,6 @@ def load_manifest(path: Path | None = None) -> Manifest:
         return parse_manifest(json.loads((path or packaged).read_text("utf-8")))
     except (OSError, ValueError) as exc:
         raise exc if isinstance(exc, ManifestError) else ManifestError(f"cannot read {path}: {exc}") from None
-
-
-def manifest_from_env(env: Mapping[str, str]) -> Manifest:
-    return load_manifest(Path(env[MANIFEST_ENV].strip()) if env.get(MANIFEST_ENV, "").strip() else None)
 
 
 def default_names(manifest: Manifest | None = None) -> dict[str, str]:
