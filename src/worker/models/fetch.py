@@ -6,7 +6,6 @@ for its cancel event: a cancelled job leaves them to finish for the next one, wh
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -15,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -81,7 +80,6 @@ class Context:  # one job's (or ``models ensure``'s) fetching; tests shorten the
     lock: Callable[[Path, float], AbstractContextManager[bool]] = file_lock
     retry: sources.Retry = sources.Retry()  # noqa: RUF009 - frozen
     claimed: dict[tuple[str, str], str] = field(default_factory=dict)
-    progress: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     def say(self, message: str, *args: object, level: int = logging.INFO) -> None:
         log.log(level, (f"[job {self.job_id}] " if self.job_id else "") + message, *args)
@@ -135,14 +133,18 @@ def _complete(target: Target, ctx: Context, remote: sources.Remote | None = None
 
 def _download(target: Target, staging: Path, ctx: Context) -> tuple[Path, str]:
     """Fetch into ``staging``, then check the sha256 (or, when none is known, a safetensors file's header)."""
-    settings, source, name, logged = ctx.settings, sources.hub_file(target.url), target.path.name, [0.0]
+    settings, source, name = ctx.settings, sources.hub_file(target.url), target.path.name
+    reported = logged = time.monotonic()
     ctx.say("downloading %s from %s into %s", name, redact_url(target.url), target.path.parent)
 
-    def meter(done: int, total: int | None) -> None:
+    def meter(done: int, total: int | None) -> None:  # to the job about once a second, to the log every 15 s
+        nonlocal reported, logged
         policy.check_size(max(done, total or 0), field=target.field, url=target.url, settings=settings)
-        ctx.progress[target.field] = (done, total)
-        if time.monotonic() - logged[0] >= 15:
-            logged[0] = time.monotonic()
+        if ctx.on_progress and (done == total or time.monotonic() - reported >= 1):
+            reported = time.monotonic()
+            ctx.on_progress(target.field, done, total)
+        if time.monotonic() - logged >= 15:
+            logged = time.monotonic()
             ctx.say("downloading %s: %s of %s", name, human_bytes(done), human_bytes(total))
 
     if source is not None:
@@ -176,7 +178,7 @@ def fetch(target: Target, ctx: Context, verify: bool = False) -> Action:
         source, cache = sources.hub_file(target.url), ctx.settings.volume_root / volume.HF_CACHE
         unusable = not file_status(target.path, target.size, target.sha256).state.usable
         if source and unusable and (found := sources.cached(source, cache, target.size, target.sha256)):
-            with contextlib.suppress(OSError):  # a volume without symbolic links: the file is downloaded
+            with suppress(OSError):  # a volume without symbolic links: the file is downloaded
                 return _link(target, *found, ctx)
         target = target if target.size is not None else _complete(target, ctx)
         lock = target.path.with_name(f".{target.path.name}.lock")
@@ -267,27 +269,18 @@ def _spawn(ref: ModelRef, ctx: Context) -> Future[str]:
 
 
 def ensure_refs(refs: Sequence[ModelRef], ctx: Context) -> dict[str, str]:
-    """Field -> the file name ComfyUI knows the file by, once every ref's file is present.
-
-    :class:`UrlNotAllowed` comes before any request; a failed transfer or check raises
-    :class:`ModelDownloadFailed`; a set ``ctx.cancel``, :class:`JobCancelled` at once. A URL given twice is
-    fetched once, different ones side by side; their bytes go to ``ctx.on_progress`` about once a second.
-    """
+    """Field -> the file name ComfyUI knows the file by, once every ref's file is present. :class:`UrlNotAllowed`
+    comes before any request; a failed transfer or check raises :class:`ModelDownloadFailed`; a set
+    ``ctx.cancel``, :class:`JobCancelled` at once. A URL given twice is fetched once, different ones side by side;
+    their bytes go to ``ctx.on_progress`` about once a second."""
     for ref in refs:  # the rules, and the address unless the file comes from the manifest or from HF_ENDPOINT
         check_ref(ref, ctx.settings, ctx.manifest)
         if not (find(ctx.manifest, ref.kind, url=ref.url) or sources.hub_file(ref.url)):
             policy.check_model_url(ref.url, field=ref.field, settings=ctx.settings, resolver=ctx.resolver)
     firsts = {(ref.kind, ref.url, ref.name): ref for ref in reversed(refs)}
     futures = {ref.field: _spawn(ref, ctx) for ref in firsts.values()}
-    reported: dict[str, tuple[float, int]] = {}
-    report = ctx.on_progress or (lambda *_: None)
     while True:
         done, pending = wait(futures.values(), timeout=0.1, return_when=FIRST_EXCEPTION)
-        for name, (count, total) in list(ctx.progress.items()):
-            at, was = reported.get(name, (0.0, 0))
-            if count != was and (not pending or count == total or time.monotonic() - at >= 1):
-                reported[name] = (time.monotonic(), count)
-                report(name, count, total)
         if failed := next((f.exception() for f in done if f.exception() is not None), None):
             raise failed
         if not pending:

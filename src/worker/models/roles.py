@@ -1,8 +1,7 @@
 """The model slots of a Wan2.2 graph, declared once: the job contract (``<role>`` and ``<role>_url`` fields), the
 graph binder, the downloads, the availability check and the reading of ComfyUI's errors all read this table.
 Adding a slot is one entry here plus its node in the templates. LoRA pairs are a list, not a slot. This module
-imports nothing of the worker, so that any layer may read it.
-"""
+imports nothing of the worker, so that any layer may read it."""
 
 from __future__ import annotations
 
