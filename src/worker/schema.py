@@ -13,6 +13,7 @@ import math
 import re
 import secrets
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -102,6 +103,10 @@ def check_url_shape(value: str | None) -> str | None:
         raise ValueError("must be at most 4096 characters")
     if not re.match(r"^https?://[^\s/]", value, flags=re.IGNORECASE):
         raise ValueError("must be an http:// or https:// URL")
+    try:
+        urlsplit(value).port  # noqa: B018 - raises on a port that is no number or out of range
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
     return value
 
 

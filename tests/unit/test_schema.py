@@ -155,6 +155,14 @@ def test_url_fields_need_http(url: str) -> None:
     assert found[0]["field"] == "image_url" and "http" in found[0]["message"]
 
 
+@pytest.mark.parametrize("field", ["image_url", "high_model_url"])
+def test_url_fields_need_a_valid_port(field: str) -> None:
+    found = problems(
+        {"prompt": "x", "image_url": "https://example.com/a.png", field: "https://example.com:99999/a"}
+    )
+    assert found[0]["field"] == field and "not a valid URL" in found[0]["message"], found
+
+
 def test_lora_pairs_at_most_four_and_weights_bounded() -> None:
     pair = {"high": "a.safetensors", "low": "b.safetensors"}
     assert len(parse_job_input({**BASE, "lora_pairs": [pair] * 4}).lora_pairs) == 4
