@@ -17,8 +17,6 @@ from .fetch import Context, Target, fetch, human_bytes, log
 from .manifest import Manifest, ManifestError, load_manifest
 from .volume import State, file_status
 
-STATES = {State.UNVERIFIED: "present, not yet hashed", State.CORRUPT: "corrupt (sha256 mismatch)"}
-
 
 def status(manifest: Manifest, settings: Settings, verify: bool = False) -> bool:
     """Print what the volume holds (with ``verify``, hash it again); True when every file fetched at start is
@@ -34,7 +32,7 @@ def status(manifest: Manifest, settings: Settings, verify: bool = False) -> bool
             state = State.VERIFIED if sha256 == (expected or sha256) else State.CORRUPT
             if state is State.CORRUPT and entry.sha256 is None:  # the record must no longer vouch for it
                 volume.record_path(path).unlink(missing_ok=True)
-        text = STATES.get(state, f"wrong size ({size} bytes)" if state is State.WRONG_SIZE else state)
+        text = f"wrong size ({size} bytes)" if state is State.WRONG_SIZE else state
         folder, total = os.path.relpath(path.parent, settings.volume_root), human_bytes(entry.size)
         print(f"{entry.name}: {'on demand, ' * entry.on_demand}{text} ({folder}/, {total})")
         missing, ok = missing + (not entry.on_demand and not state.usable), ok and state is not State.CORRUPT
@@ -54,7 +52,6 @@ def ensure(manifest: Manifest, settings: Settings) -> bool:
         try:
             print(f"{entry.name}: {fetch(target, ctx, verify=True)}")
         except WorkerError as exc:
-            log.error("%s: %s", entry.name, exc.message)
             print(f"{entry.name}: FAILED: {exc.message}")
             ok = False
     return status(manifest, settings) and ok

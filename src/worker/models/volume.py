@@ -23,10 +23,10 @@ STAGING = ".wan-worker/staging"
 STALE_S = 3600.0  # a staging folder nothing was written to for this long belongs to a writer that is gone
 
 
-class State(StrEnum):
+class State(StrEnum):  # each value as `models status` and the logs show it
     VERIFIED = "verified"
-    UNVERIFIED = "unverified"
-    CORRUPT = "corrupt"
+    UNVERIFIED = "present, not yet hashed"
+    CORRUPT = "corrupt (sha256 mismatch)"
     WRONG_SIZE = "wrong size"
     MISSING = "missing"
 
