@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from .models import names as modelnames
 from .models import roles
+from .models.volume import Kind
 
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
@@ -485,9 +486,7 @@ class WorkflowFile(BaseModel, extra="forbid"):
 
 class WorkflowModel(BaseModel, extra="forbid", str_strip_whitespace=True):
     url: Annotated[str, AfterValidator(check_url_shape)] = Field(description="fetched as the `*_url` fields")
-    folder: Literal[
-        "diffusion_models", "loras", "text_encoders", "vae", "clip_vision", "frame_interpolation"
-    ] = Field(description="ComfyUI's model folder it goes into")
+    folder: Kind = Field(description="ComfyUI's model folder it goes into")
     name: ModelName = Field(default=None, description="its file name (default: from the URL)")
 
 

@@ -96,7 +96,7 @@ def test_an_on_demand_entry_may_leave_role_size_and_sha256_open() -> None:
         ({}, "files"),
         ({"files": [{"name": "a.safetensors"}]}, "files.0.kind: Field required"),
         ({"files": [{"role": "r", "name": "a", "kind": "checkpoints", "url": "u", "size": 1, "sha256": "0" * 64}]},
-         "kind must be one of"),
+         "kind: Input should be 'diffusion_models', 'loras'"),
         ({"files": [{"role": "r", "name": "a", "kind": "vae", "url": "u", "size": 1, "sha256": "xyz"}]},
          "sha256: String should match pattern"),
         ({"files": [{"role": "r", "name": "../a", "kind": "vae", "url": "u", "size": 1, "sha256": "0" * 64}]},

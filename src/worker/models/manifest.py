@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BeforeValidator, Field
 
-from .volume import FOLDER_KINDS
+from .volume import Kind
 
 
 class ManifestError(ValueError):
@@ -25,7 +25,7 @@ class ManifestEntry(pydantic.BaseModel, frozen=True):
 
     role: str | None = None
     name: Annotated[str, Field(pattern=r"^[^./\\][^/\\]*$")]
-    kind: str
+    kind: Kind
     url: str
     size: pydantic.PositiveInt | None = None
     sha256: Annotated[str, BeforeValidator(str.lower), Field(pattern="^[0-9a-f]{64}$")] | None = None
@@ -33,8 +33,6 @@ class ManifestEntry(pydantic.BaseModel, frozen=True):
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> ManifestEntry:
-        if self.kind not in FOLDER_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(FOLDER_KINDS)}")
         if not self.on_demand and None in (self.role, self.size, self.sha256):
             raise ValueError('role, size and sha256 may be null only with "fetch": "on_demand"')
         return self

@@ -13,10 +13,10 @@ import time
 import uuid
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
-_SAME = ("loras", "text_encoders", "vae", "clip_vision", "frame_interpolation")
-FOLDER_KINDS = {"diffusion_models": "models", **{kind: kind for kind in _SAME}}
+Kind = Literal["diffusion_models", "loras", "text_encoders", "vae", "clip_vision", "frame_interpolation"]
+FOLDER_KINDS = {kind: "models" if kind == "diffusion_models" else kind for kind in get_args(Kind)}
 LEGACY_KINDS = {"diffusion_models": "unet", "text_encoders": "clip"}
 HF_CACHE = "huggingface-cache/hub"
 STAGING = ".wan-worker/staging"
