@@ -56,9 +56,7 @@ def named_files(job: JobInput, fetched: Mapping[str, str] | None = None) -> Mode
     names |= {r.name: fetched[k] for r in roles.ROLES for k in (r.name, f"{r.name}_url") if k in fetched}
     loras = []
     for i, pair in enumerate(job.lora_pairs):
-        high, low = (
-            fetched.get(f"lora_pairs[{i}].{side}_url") or getattr(pair, side) for side in ("high", "low")
-        )
+        high, low = (fetched.get(f"lora_pairs[{i}].{s}_url") or getattr(pair, s) for s in ("high", "low"))
         loras.append(LoraFiles(high, low, pair.high_weight, pair.low_weight))
     return ModelFiles(loras=loras, **names)
 

@@ -62,8 +62,6 @@ def hub_file(url: str) -> HubFile | None:
 
 def cached(file: HubFile, cache: Path, size: int | None, sha: str | None) -> tuple[Path, str | None] | None:
     """(blob, its sha256 when named by it, as LFS blobs are) of the file in a Hub cache, with no request."""
-    if not cache.is_dir():
-        return None
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.file_download import repo_folder_name
 
