@@ -186,6 +186,14 @@ def test_hostile_content_disposition_is_made_safe() -> None:
     assert name == "cron.safetensors"
 
 
+def test_a_name_without_an_extension_is_kept_as_it_is() -> None:
+    from worker.models.names import sanitize
+
+    assert sanitize("model.with-a-long-tail-not-an-extension") == "model.with-a-long-tail-not-an-extension"
+    assert sanitize(" ..noext ") == "noext"
+    assert len(sanitize("x" * 300).encode()) == 200
+
+
 def test_name_from_the_url_path() -> None:
     name = policy.derive_name(
         field="f",

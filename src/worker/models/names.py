@@ -48,8 +48,8 @@ def sanitize(raw: str) -> str:
     base = _SEPARATORS.split(raw.strip())[-1]
     base = "".join("_" if unicodedata.category(c) == "Cc" else c for c in base).strip().lstrip(".").strip()
     stem, dot, suffix = base.rpartition(".")
-    if not dot or len(suffix) > 16:
-        stem, suffix = base, ""
+    if not dot or len(suffix) > 16:  # no extension: the whole name is kept, nothing added to it
+        stem, dot, suffix = base, "", ""
     room = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - len(dot)
     cut = stem.encode("utf-8")[: max(room, 0)].decode("utf-8", errors="ignore").rstrip()
     return f"{cut}{dot}{suffix}" if cut else ""
