@@ -68,7 +68,10 @@ def readahead(paths: list[Path], budget: int, threads: int = THREADS) -> int:
 
 
 def main(settings: Settings) -> int:
-    entries = [e for e in load_manifest(settings.models_manifest) if settings.readahead and not e.on_demand]
+    if not settings.readahead:
+        log.info("model read-ahead is off (READAHEAD=false)")
+        return 0
+    entries = [e for e in load_manifest(settings.models_manifest) if not e.on_demand]
     entries.sort(key=lambda e: ORDER.index(e.role) if e.role in ORDER else len(ORDER))  # as a job loads them
     paths = [p for e in entries if (p := target_path(settings.volume_root, e.kind, e.name)).is_file()]
     started, budget = time.monotonic(), meminfo("MemAvailable") - max(2 << 30, meminfo("MemTotal") // 10)

@@ -78,14 +78,18 @@ def test_the_budget_bounds_what_is_read_in_order(tmp_path: Path, monkeypatch: py
     assert cached_bytes(first) == 3 * MB
 
 
-def test_main_reads_the_default_models_on_the_volume(tmp_path: Path) -> None:
+def test_main_reads_the_default_models_on_the_volume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     entries = [e for e in load_manifest() if not e.on_demand]
     folders = {"diffusion_models": "models"}
     models = [cold_file(tmp_path / folders.get(e.kind, e.kind) / e.name, MB) for e in entries[:3]]
     other = cold_file(tmp_path / "loras" / "someone_elses.safetensors", MB)
 
-    assert readahead.main(Settings(volume_root=tmp_path, readahead=False)) == 0
+    with caplog.at_level("INFO", logger="worker"):
+        assert readahead.main(Settings(volume_root=tmp_path, readahead=False)) == 0
     assert [cached_bytes(p) for p in [*models, other]] == [0, 0, 0, 0]
+    assert "read-ahead is off (READAHEAD=false)" in caplog.text and "GB" not in caplog.text
 
     assert readahead.main(Settings(volume_root=tmp_path)) == 0
     assert [cached_bytes(p) for p in models] == [MB] * 3
