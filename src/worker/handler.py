@@ -162,7 +162,7 @@ async def make_video(run: JobRun) -> dict[str, Any]:
     bucket = deliver.target_bucket(run.job, job.output, run.settings)
 
     with run.stage("inputs", "inputs"):
-        start_image, end_image = await load_images(run, job)
+        start_image, end_image = await load_images(run.settings, job)
         given = await asyncio.to_thread(extend.load, job, run.settings) if job.extends else None
         if start_image is not None:
             framing.frame(job, start_image.width, start_image.height)
@@ -244,14 +244,16 @@ def invalid_input(exc: ValidationError) -> InvalidInput:
     return InvalidInput(summary + more, details=problems)
 
 
-async def load_images(run: JobRun, job: JobInput) -> tuple[Upload, Upload]:
+async def load_images(
+    settings: Settings, job: JobInput
+) -> tuple[media.ImageData | None, media.ImageData | None]:
     """Start and end images, fetched concurrently."""
-    limits = media.ImageLimits.from_settings(run.settings)
+    limits = media.ImageLimits.from_settings(settings)
 
     def load(prefix: str) -> media.ImageData | None:
         for name in (f"{prefix}_url", f"{prefix}_base64", f"{prefix}_path"):
             if (value := getattr(job, name)) is not None:
-                data = media.read_source(name, value, limits, run.settings.volume_root)
+                data = media.read_source(name, value, limits, settings.volume_root)
                 return media.check_image(data, field=name, max_pixels=limits.max_pixels)
         return None
 

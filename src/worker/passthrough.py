@@ -12,8 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -120,8 +119,8 @@ def export_graph(argv: list[str], s: Settings) -> int:
             raise InvalidInput(f"{refs[0].field}: name model files on the volume; graph fetches nothing")
         if job.extends:
             raise InvalidInput("extend_video_*: graph exports I2V and FLF2V jobs, not extensions")
-        start, end = asyncio.run(handler.load_images(cast(handler.JobRun, SimpleNamespace(settings=s)), job))
-        assert isinstance(start, media.ImageData)  # required unless the job extends a video
+        start, end = asyncio.run(handler.load_images(s, job))
+        assert start is not None  # required unless the job extends a video
     except (OSError, ValueError, WorkerError) as exc:
         message = handler.invalid_input(exc).message if isinstance(exc, ValidationError) else str(exc)
         print(f"usage: python -m worker graph JOB.json\n{message}", file=sys.stderr)
