@@ -4,9 +4,9 @@
 back to back can arrive out of order, even after the result. One background thread per job sends them: a new
 stage ``stage_interval_s`` after the last update, so that even a job of a second shows every stage, and more
 of the same stage (steps, bytes) at most one per ``min_interval_s``. An update that comes sooner waits for its
-turn, and is never dropped: while it waits, a newer update of the same stage takes its place (the latest step or byte count wins), and an update
-of another stage queues behind it, so that every stage is sent, in order. ``close()`` discards whatever still
-waits: the result is on its way.
+turn, and is never dropped: while it waits, a newer update of the same stage takes its place (the latest step or
+byte count wins), and an update of another stage queues behind it, so that every stage is sent, in order.
+``close()`` discards whatever still waits: the result is on its way.
 """
 
 from __future__ import annotations
